@@ -1,0 +1,302 @@
+"""Verification metrics checked against sklearn and brute-force loops."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+import verification_metrics as vm
+
+SEEDS = range(6)
+
+
+def random_pairs(seed: int, n: int = 300, with_weights: bool = False):
+    """Scores rounded to one decimal, so many genuine/impostor ties; optional 0..3 weights."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.4).astype(int)
+    scores = np.round(rng.normal(labels * 1.0, 1.0), 1)
+    weights = rng.integers(0, 4, n).astype(float) if with_weights else None
+    return scores, labels, weights
+
+
+def brute_force_points(scores, labels):
+    """(far, frr, threshold) for every candidate threshold, by an explicit loop."""
+    points = []
+    for threshold in [np.inf, *sorted(set(scores.tolist()), reverse=True)]:
+        accepted = [s >= threshold for s in scores]
+        genuine_accepted = sum(a for a, l in zip(accepted, labels) if l == 1)
+        impostor_accepted = sum(a for a, l in zip(accepted, labels) if l == 0)
+        far = impostor_accepted / sum(labels == 0)
+        frr = 1 - genuine_accepted / sum(labels == 1)
+        points.append((far, frr, threshold))
+    return points
+
+
+def people_pairs(n_people: int, seed: int, genuine_per_person: int = 3,
+                 impostors_per_person: int = 6):
+    """Pairs with a per-person score offset, so pairs of one person are correlated."""
+    rng = np.random.default_rng(seed)
+    person_effect = rng.normal(0, 0.5, n_people)
+    a = np.r_[np.repeat(np.arange(n_people), genuine_per_person),
+              np.repeat(np.arange(n_people), impostors_per_person)]
+    b = a.copy()
+    n_genuine = n_people * genuine_per_person
+    shift = rng.integers(1, n_people, len(a) - n_genuine)
+    b[n_genuine:] = (a[n_genuine:] + shift) % n_people  # always a different person
+    labels = (a == b).astype(int)
+    scores = rng.normal(labels * 1.5 + person_effect[a] * labels, 1.0)
+    return scores, labels, a, b
+
+
+# ---------------------------------------------------------------- ROC and AUC
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_roc_points_match_sklearn(seed):
+    scores, labels, _ = random_pairs(seed)
+    far, tar, thresholds = vm.roc_points(scores, labels)
+    sk_far, sk_tar, sk_thresholds = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(far, sk_far)
+    np.testing.assert_allclose(tar, sk_tar)
+    np.testing.assert_array_equal(thresholds, sk_thresholds)
+    assert thresholds[0] == np.inf and far[0] == tar[0] == 0
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_weighted_roc_matches_sklearn_and_duplicated_rows(seed):
+    scores, labels, weights = random_pairs(seed, with_weights=True)
+    far, tar, thresholds = vm.roc_points(scores, labels, weights)
+    sk_far, sk_tar, sk_thresholds = roc_curve(labels, scores, sample_weight=weights,
+                                              drop_intermediate=False)
+    np.testing.assert_allclose(far, sk_far)
+    np.testing.assert_allclose(tar, sk_tar)
+    np.testing.assert_array_equal(thresholds, sk_thresholds)
+    repeats = weights.astype(int)
+    dup = vm.roc_points(np.repeat(scores, repeats), np.repeat(labels, repeats))
+    for mine, duplicated in zip((far, tar, thresholds), dup):
+        np.testing.assert_allclose(mine, duplicated)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_auc_matches_sklearn(seed):
+    scores, labels, weights = random_pairs(seed, with_weights=True)
+    assert vm.roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores))
+    assert vm.roc_auc(scores, labels, weights) == pytest.approx(
+        roc_auc_score(labels, scores, sample_weight=weights))
+
+
+def test_auc_counts_ties_half():
+    assert vm.roc_auc([0.5, 0.5], [1, 0]) == pytest.approx(0.5)
+    assert vm.roc_auc([0.9, 0.5, 0.5, 0.1], [1, 1, 0, 0]) == pytest.approx(0.875)
+
+
+# ---------------------------------------------------------------- EER
+
+def test_eer_hand_built_exact_point():
+    # Thresholds 0.9, 0.8, 0.7 reject 3, 2, 1 genuine; 0.6 accepts 1 of 4 impostors:
+    # FAR = FRR = 1/4 exactly at 0.6.
+    scores = [0.9, 0.8, 0.7, 0.4, 0.6, 0.5, 0.3, 0.2]
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    assert vm.equal_error_rate(scores, labels) == pytest.approx((0.25, 0.6))
+
+
+def test_eer_hand_built_interpolated():
+    # At 0.8: FAR 0, FRR 1/3. At 0.6: FAR 1/2, FRR 1/3. FRR stays 1/3 on the segment, so
+    # the crossing is FAR = 1/3, two thirds of the way from 0.8 to 0.6.
+    scores = [0.9, 0.8, 0.4, 0.6, 0.3]
+    labels = [1, 1, 1, 0, 0]
+    eer, threshold = vm.equal_error_rate(scores, labels)
+    assert eer == pytest.approx(1 / 3)
+    assert threshold == pytest.approx(0.8 + 2 / 3 * (0.6 - 0.8))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_eer_matches_brute_force(seed):
+    scores, labels, _ = random_pairs(seed, n=150)
+    eer, threshold = vm.equal_error_rate(scores, labels)
+    points = brute_force_points(scores, labels)
+    # Whatever the interpolation, the EER lies between the best lower and upper bounds.
+    lower = max(min(far, frr) for far, frr, _ in points)
+    upper = min(max(far, frr) for far, frr, _ in points)
+    assert lower - 1e-12 <= eer <= upper + 1e-12
+    # And it is exactly where the straight segment between the bracketing points crosses.
+    for (far0, frr0, t0), (far1, frr1, t1) in zip(points, points[1:]):
+        if far0 < frr0 and far1 >= frr1:
+            fraction = (frr0 - far0) / ((frr0 - far0) - (frr1 - far1))
+            assert eer == pytest.approx(far0 + fraction * (far1 - far0))
+            assert eer == pytest.approx(frr0 + fraction * (frr1 - frr0))
+            expected_threshold = t1 if np.isinf(t0) else t0 + fraction * (t1 - t0)
+            assert threshold == pytest.approx(expected_threshold)
+            break
+    else:
+        pytest.fail("no FAR/FRR crossing found by the loop")
+
+
+def test_eer_perfect_separation_is_zero():
+    eer, threshold = vm.equal_error_rate([0.9, 0.8, 0.7, 0.2, 0.1], [1, 1, 1, 0, 0])
+    assert eer == 0.0
+    assert 0.2 < threshold <= 0.7
+
+
+def test_eer_identical_distributions_is_half():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 20_000)
+    eer, _ = vm.equal_error_rate(rng.normal(size=20_000), labels)
+    assert eer == pytest.approx(0.5, abs=0.02)
+
+
+def test_eer_weighted_equals_duplicated_rows():
+    scores, labels, weights = random_pairs(3, with_weights=True)
+    repeats = weights.astype(int)
+    assert vm.equal_error_rate(scores, labels, weights) == pytest.approx(
+        vm.equal_error_rate(np.repeat(scores, repeats), np.repeat(labels, repeats)))
+
+
+# ---------------------------------------------------------------- TAR@FAR
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("far_target", [0.3, 0.1, 0.02, 0.001])
+def test_tar_at_far_matches_brute_force(seed, far_target):
+    scores, labels, _ = random_pairs(seed, n=200)
+    result = vm.tar_at_far(scores, labels, far_target)
+    best = max((1 - frr, far) for far, frr, _ in brute_force_points(scores, labels)
+               if far <= far_target)
+    assert result.tar == pytest.approx(best[0])
+    assert result.far_achieved <= far_target
+    # The threshold really delivers the reported operating point.
+    accepted = scores >= result.threshold
+    assert np.mean(accepted[labels == 1]) == pytest.approx(result.tar)
+    assert np.mean(accepted[labels == 0]) == pytest.approx(result.far_achieved)
+    assert result.n_impostors == int(np.sum(labels == 0))
+
+
+def test_tar_at_far_nothing_accepted_gives_infinite_threshold():
+    result = vm.tar_at_far([0.1, 0.9, 0.5], [1, 0, 0], 0.1)
+    assert result.tar == 0.0 and result.threshold == np.inf and result.far_achieved == 0.0
+
+
+@pytest.mark.parametrize("n_impostors, far_target, reliable", [
+    (999, 1e-3, False), (1000, 1e-3, True), (9, 1e-1, False), (10, 1e-1, True),
+    (99, 1e-2, False), (100, 1e-2, True)])
+def test_tar_at_far_reliable_flag(n_impostors, far_target, reliable):
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.ones(50, int), np.zeros(n_impostors, int)]
+    result = vm.tar_at_far(rng.normal(labels, 1.0), labels, far_target)
+    assert result.reliable is reliable
+    assert result.n_impostors == n_impostors
+
+
+# ---------------------------------------------------------------- accuracy, thresholds
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_accuracy_and_max_accuracy_threshold_match_loop(seed):
+    scores, labels, _ = random_pairs(seed, n=120)
+    accuracies = {}
+    for threshold in [np.inf, *set(scores.tolist())]:
+        correct = [(s >= threshold) == (l == 1) for s, l in zip(scores, labels)]
+        accuracies[threshold] = sum(correct) / len(scores)
+        assert vm.accuracy_at_threshold(scores, labels, threshold) == pytest.approx(
+            accuracies[threshold])
+    chosen = vm.select_threshold(scores, labels, rule="max_accuracy")
+    assert np.isfinite(chosen)
+    assert vm.accuracy_at_threshold(scores, labels, chosen) == pytest.approx(
+        max(accuracies.values()))
+
+
+def test_select_threshold_eer_and_unknown_rule():
+    scores, labels, _ = random_pairs(1)
+    assert vm.select_threshold(scores, labels) == vm.equal_error_rate(scores, labels)[1]
+    with pytest.raises(ValueError, match="rule"):
+        vm.select_threshold(scores, labels, rule="median")
+
+
+def test_verification_report_is_plain_json():
+    scores, labels, _ = random_pairs(2)
+    report = vm.verification_report(scores, labels, threshold=0.5)
+    restored = json.loads(json.dumps(report, allow_nan=False))
+    assert set(restored["tar_at_far"]) == {"1e-01", "1e-02", "1e-03"}
+    assert restored["n_genuine"] + restored["n_impostor"] == len(scores)
+    assert restored["auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert restored["eer"] == pytest.approx(vm.equal_error_rate(scores, labels)[0])
+    assert restored["accuracy"] == pytest.approx(np.mean((scores >= 0.5) == labels))
+    assert restored["tar_at_far"]["1e-03"]["reliable"] is False
+    assert restored["tar_at_far"]["1e-01"]["reliable"] is True
+    assert "accuracy" not in vm.verification_report(scores, labels)
+
+
+@pytest.mark.parametrize("scores, labels, weights, message", [
+    ([0.1, 0.2], [1], None, "equal length"),
+    ([0.1, np.nan], [1, 0], None, "NaN or inf"),
+    ([0.1, 0.2], [1, 2], None, "0 .impostor. or 1"),
+    ([0.1, 0.2], [1, 1], None, "at least one genuine and one impostor"),
+    ([0.1, 0.2], [1, 0], [1.0, -1.0], "non-negative"),
+    ([0.1, 0.2], [1, 0], [1.0], "weights must have shape"),
+    ([0.1, 0.2], [1, 0], [1.0, 0.0], "at least one genuine and one impostor"),
+])
+def test_invalid_inputs_raise_value_error(scores, labels, weights, message):
+    for metric in (vm.roc_points, vm.roc_auc, vm.equal_error_rate):
+        with pytest.raises(ValueError, match=message):
+            metric(scores, labels, weights)
+
+
+def test_invalid_far_target_raises():
+    with pytest.raises(ValueError, match="far_target"):
+        vm.tar_at_far([0.1, 0.2], [1, 0], 0.0)
+
+
+# ---------------------------------------------------------------- bootstrap
+
+def test_pair_multiplicities_match_materialised_population():
+    counts = np.array([2, 0, 1, 3])
+    a = np.array([0, 0, 1, 2, 3, 0, 3])
+    b = np.array([0, 2, 1, 3, 3, 3, 2])
+    expected = []
+    for person_a, person_b in zip(a, b):
+        if person_a == person_b:  # one genuine pair per copy of the person
+            expected.append(sum(1 for _ in range(counts[person_a])))
+        else:  # one impostor pair per (copy of a, copy of b)
+            expected.append(sum(1 for _ in range(counts[person_a])
+                                for _ in range(counts[person_b])))
+    np.testing.assert_array_equal(vm._pair_multiplicities(counts, a, b), expected)
+
+
+def test_bootstrap_is_deterministic_and_contains_estimate():
+    scores, labels, a, b = people_pairs(60, seed=0)
+    first = vm.bootstrap_ci(vm.roc_auc, scores, labels, a, b, n_resamples=300, seed=7)
+    again = vm.bootstrap_ci(vm.roc_auc, scores, labels, a, b, n_resamples=300, seed=7)
+    other = vm.bootstrap_ci(vm.roc_auc, scores, labels, a, b, n_resamples=300, seed=8)
+    assert first == again
+    assert first != other
+    assert first.estimate == pytest.approx(roc_auc_score(labels, scores))
+    assert first.low < first.estimate < first.high
+    assert first.n_used + first.n_skipped == 300
+
+
+def test_bootstrap_narrows_with_more_people():
+    def eer(scores, labels, weights):
+        return vm.equal_error_rate(scores, labels, weights)[0]
+
+    widths = []
+    for n_people in (20, 320):
+        scores, labels, a, b = people_pairs(n_people, seed=1)
+        interval = vm.bootstrap_ci(eer, scores, labels, a, b, n_resamples=200, seed=0)
+        widths.append(interval.high - interval.low)
+    assert widths[1] < 0.5 * widths[0]
+
+
+def test_bootstrap_skips_and_counts_resamples_without_both_classes():
+    # Only person "x" has genuine pairs, so resamples that miss "x" have none.
+    scores = [0.9, 0.8, 0.3, 0.2, 0.4]
+    labels = [1, 1, 0, 0, 0]
+    a = ["x", "x", "x", "y", "y"]
+    b = ["x", "x", "y", "z", "z"]
+    interval = vm.bootstrap_ci(vm.roc_auc, scores, labels, a, b, n_resamples=200, seed=0)
+    assert interval.n_skipped > 0
+    assert interval.n_used + interval.n_skipped == 200
+
+
+def test_bootstrap_rejects_bad_person_columns():
+    with pytest.raises(ValueError, match="one entry per pair"):
+        vm.bootstrap_ci(vm.roc_auc, [0.9, 0.1], [1, 0], ["x"], ["x", "y"])
