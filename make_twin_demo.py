@@ -1,0 +1,443 @@
+"""Simulate identical twins from real photos: one real person becomes a pair of twins.
+
+    python make_twin_demo.py --photo-root ../shared/faces --output-dir demo_output/twin_data
+
+Each person in whose photos a face is found becomes identities `<person>_a` and
+`<person>_b`, built from the same photos and differing only by 2-4 small, local,
+persistent traits of the kind that tell real twins apart: moles, freckles, a small scar,
+eyebrow density, a slightly wider or narrower nose, fuller or thinner lips. Each trait lies
+in one of the five part squares (`cutout.part_squares`), placed in that square's own frame
+or on landmarks, so it moves with the face. Traits are painted on the source photo (its
+landmarks detected once) before pose, light, blur, noise and JPEG variation.
+
+Honest scope: this simulates *one* twin cue, local marks, on people who are otherwise
+pixel-identical. It checks the pipeline end to end and asks whether the part branch
+learns what the frozen global embedding cannot; it is no substitute for real twins.
+
+Output (relative paths resolve against the JSON file's folder): `images/<identity>/*.jpg`,
+`jpg_dataset.json` {identity: [image paths]}, `twin_pairs.json` [[id_a, id_b], ...],
+`traits.json` per identity: person, twin, source photo of each image, traits. A trait's
+`uv` is its centre in the part square, (0, 0) top-left to (1, 1) bottom-right, face
+upright; sizes are in square sides; `uv` null means anchored on landmarks (brow outline,
+nose, lips). Landmarks are in pixels, pixel centres at integers (OpenCV's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+import cutout
+from atomic_files import TEMP_MARKER, atomic_directory, write_json_atomic
+from face_images import (DEFAULT_LANDMARKER_MODEL, FaceLandmarkDetector, ImageDecodeError,
+                         LandmarkerModelError, NoFaceError, read_image)
+from face_parts_extractor import DatasetFileError, dataset_from_folders
+
+JPG_DATASET, TWIN_PAIRS, TRAITS = "jpg_dataset.json", "twin_pairs.json", "traits.json"
+TWIN_SUFFIXES = ("a", "b")
+MARKS = ("mole", "freckles", "scar")
+# Kind → (relative frequency, parts it may go in). Shapes and eyebrows are landmark-anchored.
+TRAIT_KINDS = {
+    "mole": (0.34, cutout.PART_NAMES), "freckles": (0.14, cutout.PART_NAMES),
+    "scar": (0.16, cutout.PART_NAMES), "eyebrow": (0.12, ("left_eye", "right_eye")),
+    "nose_shape": (0.12, ("nose",)), "lip_shape": (0.12, ("mouth",)),
+}
+# Skin boxes (u0, u1, v0, v1) per part where point marks go, away from eyes, brows,
+# nostrils and lips; measured on the sample photos.
+SKIN_BOXES = {
+    "left_eye": ((0.15, 0.70, 0.72, 0.90), (0.04, 0.14, 0.42, 0.62)),
+    "right_eye": ((0.30, 0.85, 0.72, 0.90), (0.86, 0.96, 0.42, 0.62)),
+    "nose": ((0.04, 0.12, 0.30, 0.72), (0.89, 0.96, 0.30, 0.72), (0.47, 0.57, 0.10, 0.30)),
+    "mouth": ((0.25, 0.75, 0.08, 0.22), (0.32, 0.70, 0.88, 0.95)),
+    "chin": ((0.20, 0.80, 0.35, 0.78),),
+}
+BROWS = {"left_eye": (70, 63, 105, 66, 107, 55, 65, 52, 53, 46),  # image-left brow, outline order
+         "right_eye": (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)}
+WARP_CENTRES = {"nose_shape": (1, 2, 98, 327), "lip_shape": (13, 14)}
+SQUARE_MARGIN = 0.04        # effects fade out over this fraction of the side at a square's edge
+CROP_PER_FACE = 2.2         # output image side / face size (landmark extent)
+OUTPUT_PX_RANGE = (160, 448)
+_STREAM_TRAITS, _STREAM_IMAGE, _STREAM_ORDER = 0, 1, 2
+ABOUT = ("Simulated twins: each pair comes from one real person and differs only by the local traits "
+         "listed here, painted on before pose/light variation. A pipeline check, not real twins. "
+         "uv: position in the part square, (0,0) top-left, (1,1) bottom-right, face upright; "
+         "size: in part-square sides; uv null: anchored on landmarks (brow outline, nose, lips).")
+
+
+@dataclass(frozen=True)
+class Trait:
+    """One persistent mark; see the module docstring for the coordinate frame."""
+
+    kind: str                             # a key of TRAIT_KINDS
+    part: str                             # the part square that contains it
+    uv: tuple[float, float] | None        # centre in the square's frame; None: landmark-anchored
+    size: float                           # radius (mole, freckle cluster, warp) or length (scar), in sides
+    strength: float                       # darkening, lightening, density or stretch; sign = direction
+    angle_deg: float                      # orientation in the face frame (scar, warp axis)
+    pattern_seed: int                     # mole outline, freckle layout, scar curve
+
+    @classmethod
+    def from_json(cls, record: dict) -> "Trait":
+        """The trait back from its `traits.json` record."""
+        return cls(**{**record, "uv": None if record["uv"] is None else tuple(record["uv"])})
+
+
+@dataclass(frozen=True)
+class TwinDatasetSummary:
+    output_dir: Path
+    jpg_dataset: Path
+    twin_pairs: Path
+    traits: Path
+    people: int            # people looked at (with or without a face)
+    pairs: int
+    identities: int
+    images: int
+    skipped_people: tuple[str, ...]
+    skipped_photos: tuple[str, ...]
+
+
+class OutputFolderError(ValueError):
+    """An output folder that exists and was not made by this script."""
+
+
+def rng_for(seed: int, person: str, stream: int, *keys: int) -> np.random.Generator:
+    """A generator for one (seed, person, stream, keys) that does not depend on the run."""
+    person_key = int.from_bytes(hashlib.sha256(person.encode("utf-8")).digest()[:8], "little")
+    return np.random.default_rng([seed, person_key, stream, *keys])
+
+
+def sample_trait(rng: np.random.Generator, kind: str | None = None) -> Trait:
+    """Draw one trait; floats are rounded so that `traits.json` holds what is rendered."""
+    kinds = list(TRAIT_KINDS)
+    if kind is None:
+        weights = np.array([TRAIT_KINDS[k][0] for k in kinds])
+        kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+    parts = TRAIT_KINDS[kind][1]
+    part = parts[rng.integers(len(parts))]
+    uv, angle = None, 0.0
+    if kind in MARKS:
+        box = SKIN_BOXES[part][rng.integers(len(SKIN_BOXES[part]))]
+        uv = (round(float(rng.uniform(box[0], box[1])), 4), round(float(rng.uniform(box[2], box[3])), 4))
+        angle = rng.uniform(-180, 180)
+    size, strength = {
+        "mole": lambda: (rng.uniform(0.016, 0.028), rng.uniform(0.35, 0.6)),
+        "freckles": lambda: (rng.uniform(0.06, 0.1), rng.uniform(0.28, 0.42)),
+        "scar": lambda: (rng.uniform(0.15, 0.28), rng.uniform(0.3, 0.5)),
+        "eyebrow": lambda: (0.0, rng.choice([-1, 1]) * rng.uniform(0.3, 0.5)),
+        "nose_shape": lambda: (0.38, rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)),
+        "lip_shape": lambda: (0.34, rng.choice([-1, 1]) * rng.uniform(0.08, 0.14)),
+    }[kind]()
+    if kind == "lip_shape":
+        angle = 90.0  # fuller or thinner lips: a stretch along the face's vertical
+    return Trait(kind, part, uv, round(float(size), 4), round(float(strength), 4),
+                 round(float(angle), 2), int(rng.integers(2**31)))
+
+
+def sample_twin_traits(rng_shared: np.random.Generator, rng_a: np.random.Generator,
+                       rng_b: np.random.Generator) -> tuple[list[Trait], list[Trait]]:
+    """Traits of both twins: maybe one shared, then 2-3 of each twin's own (2-4 in all).
+
+    Each twin has at most one eyebrow or nose/lip shape change; the rest are marks.
+    """
+    shared = [sample_trait(rng_shared)] if rng_shared.random() < 0.5 else []
+    result = []
+    for rng in (rng_a, rng_b):
+        traits = list(shared)
+        wanted = len(shared) + int(rng.integers(2, 4))
+        while len(traits) < wanted:
+            trait = sample_trait(rng)
+            # At most one brow or shape change per twin keeps the differences small and local.
+            if trait.kind in MARKS or all(t.kind in MARKS for t in traits):
+                traits.append(trait)
+        result.append(traits)
+    return result[0], result[1]
+
+
+def twin_traits(seed: int, person: str) -> tuple[list[Trait], list[Trait]]:
+    """The traits of `<person>_a` and `<person>_b` for this seed."""
+    return sample_twin_traits(*(rng_for(seed, person, _STREAM_TRAITS, k) for k in (2, 0, 1)))
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _coverage(distance_px: np.ndarray, radius_px: float) -> np.ndarray:
+    """A soft-edged disc: 1 inside, 0 outside, a ramp at least one pixel wide at the edge."""
+    soft = max(0.7, 0.3 * radius_px)
+    return 1.0 - _smoothstep(radius_px - soft, radius_px + soft, distance_px)
+
+
+def _skin_tone(roi: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.median(roi[mask], axis=0) if mask.sum() >= 4 else np.median(roi.reshape(-1, 3), axis=0)
+
+
+def _mark_alpha(trait: Trait, points: np.ndarray, centre: np.ndarray, ex: np.ndarray, ey: np.ndarray,
+                side: float) -> np.ndarray:
+    """Per-pixel opacity `(h, w)` of a mole, freckle cluster or scar."""
+    pattern = np.random.default_rng(trait.pattern_seed)
+    offset = points - centre
+    if trait.kind == "mole":  # slightly irregular outline
+        angle = np.arctan2(offset[..., 1], offset[..., 0])
+        wobble = 1 + 0.08 * np.sin(3 * angle + pattern.uniform(0, 2 * np.pi))
+        return _coverage(np.linalg.norm(offset, axis=-1) / wobble, trait.size * side)
+    if trait.kind == "freckles":
+        alpha = np.zeros(points.shape[:2])
+        for _ in range(int(pattern.integers(5, 11))):
+            r, phi = trait.size * np.sqrt(pattern.random()), pattern.uniform(0, 2 * np.pi)
+            dot = centre + r * (np.cos(phi) * ex + np.sin(phi) * ey)
+            radius = pattern.uniform(0.009, 0.016) * side
+            weight = pattern.uniform(0.6, 1.0)
+            alpha = np.maximum(alpha, weight * _coverage(np.linalg.norm(points - dot, axis=-1), radius))
+        return alpha
+    # scar: a thin, slightly bent quadratic curve, tapered at both ends
+    theta = np.deg2rad(trait.angle_deg)
+    along = (np.cos(theta) * ex + np.sin(theta) * ey) / side
+    across = np.array([-along[1], along[0]])
+    length = trait.size * side
+    start, end = centre - along * length / 2, centre + along * length / 2
+    control = centre + across * length * pattern.uniform(-0.25, 0.25)
+    s = np.linspace(0, 1, 25)[:, None]
+    curve = (1 - s) ** 2 * start + 2 * s * (1 - s) * control + s ** 2 * end
+    a, b = curve[:-1], curve[1:]
+    seg = b - a
+    t = np.clip(np.einsum("hwkc,kc->hwk", points[..., None, :] - a, seg) / (seg ** 2).sum(1), 0, 1)
+    nearest = a + t[..., None] * seg
+    distance = np.linalg.norm(points[..., None, :] - nearest, axis=-1).min(-1)
+    position = np.clip(((points - start) @ along) / length, 0, 1)
+    return _coverage(distance, max(0.045 * length, 0.8)) * np.sqrt(np.sin(np.pi * position))
+
+
+def _render_one(image: np.ndarray, landmarks: np.ndarray, corners: np.ndarray, trait: Trait) -> None:
+    """Paint one trait into `image` (uint8, modified in place) within its part square."""
+    height, width = image.shape[:2]
+    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 2, 0)
+    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 3, [width, height])
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return
+    roi = image[y0:y1, x0:x1].astype(np.float32)
+    ys, xs = np.mgrid[y0:y1, x0:x1]
+    points = np.stack([xs, ys], -1).astype(np.float64)
+    ex, ey = corners[1] - corners[0], corners[3] - corners[0]
+    side = float(np.linalg.norm(ex))
+    u, v = ((points - corners[0]) @ ex) / side ** 2, ((points - corners[0]) @ ey) / side ** 2
+    in_square = np.ones_like(u)
+    for edge in (u, 1 - u, v, 1 - v):
+        in_square *= _smoothstep(0.0, SQUARE_MARGIN, edge)
+    grey = bool(np.abs(roi[..., 0] - roi[..., 1]).mean() < 1 and np.abs(roi[..., 0] - roi[..., 2]).mean() < 1)
+
+    if trait.kind in MARKS:
+        centre = corners[0] + trait.uv[0] * ex + trait.uv[1] * ey
+        alpha = _mark_alpha(trait, points, centre, ex, ey, side) * in_square
+        extent = trait.size / 2 if trait.kind == "scar" else trait.size
+        near = np.linalg.norm(points - centre, axis=-1)
+        ring = (near > (extent + 0.03) * side) & (near < (extent + 0.08) * side)
+        skin = _skin_tone(roi, ring & (alpha < 0.01))
+        if trait.kind == "scar":  # healed scars are paler and a little pink
+            tint = np.array([0.55, 0.3, 0.3]) if not grey else np.full(3, 0.4)
+            target = np.minimum(skin * (1 + trait.strength * tint), 255)
+        else:                     # pigment: darker, warmer (blue falls most)
+            tint = np.array([0.85, 1.0, 1.15]) if not grey else np.ones(3)
+            target = skin * (1 - trait.strength * tint)
+        painted = target + 0.4 * (roi - skin)  # keep some of the skin's own texture
+        roi = roi + alpha[..., None] * (painted - roi)
+    elif trait.kind == "eyebrow":
+        outline = ((landmarks[list(BROWS[trait.part]), :2] - [x0, y0]) * 16).round().astype(np.int32)
+        brow = np.zeros(roi.shape[:2], np.uint8)
+        cv2.fillPoly(brow, [outline], 255, lineType=cv2.LINE_AA, shift=4)
+        brow = brow.astype(np.float32) / 255
+        grown = cv2.dilate(brow, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.1 * side) | 1,) * 2))
+        brow = cv2.GaussianBlur(brow, (0, 0), max(0.012 * side, 0.6)) * in_square
+        skin = _skin_tone(roi, (grown > 0.5) & (brow < 0.02))
+        if trait.strength > 0:    # denser: hairs darken most, the skin between them a little
+            hair = np.clip((skin.mean() - roi.mean(-1)) / (0.4 * skin.mean() + 1), 0.3, 1.0)
+            roi = roi * (1 - trait.strength * hair * brow)[..., None]
+        else:                     # sparser: skin shows through
+            roi = roi + (-trait.strength * brow)[..., None] * (skin - roi)
+    else:                         # nose_shape / lip_shape: a smooth local stretch
+        centre = landmarks[list(WARP_CENTRES[trait.kind]), :2].astype(np.float64).mean(0)
+        theta = np.deg2rad(trait.angle_deg)
+        axis = (np.cos(theta) * ex + np.sin(theta) * ey) / side
+        offset = points - centre
+        falloff = 1 - _smoothstep(0.5, 1.0, np.linalg.norm(offset, axis=-1) / (trait.size * side))
+        source = points - (trait.strength * falloff * (offset @ axis))[..., None] * axis - [x0, y0]
+        warped = cv2.remap(roi, source[..., 0].astype(np.float32), source[..., 1].astype(np.float32),
+                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        roi = roi + in_square[..., None] * (warped - roi)
+    image[y0:y1, x0:x1] = np.clip(np.rint(roi), 0, 255).astype(np.uint8)
+
+
+def render_traits(rgb: np.ndarray, landmarks_px: np.ndarray, traits: list[Trait]) -> np.ndarray:
+    """A copy of the photo with the traits painted on; only pixels in their part squares change."""
+    image, landmarks = np.array(rgb, dtype=np.uint8, copy=True), np.asarray(landmarks_px, dtype=np.float64)
+    squares = cutout.part_squares(landmarks)
+    order = {"nose_shape": 0, "lip_shape": 0, "eyebrow": 1}  # warp first, paint marks last
+    for trait in sorted(traits, key=lambda t: order.get(t.kind, 2)):
+        _render_one(image, landmarks, squares[trait.part], trait)
+    return image
+
+
+def capture(rgb: np.ndarray, landmarks_px: np.ndarray, rng: np.random.Generator) -> bytes:
+    """One simulated photo of the face as JPEG bytes: pose, light, blur, noise, compression."""
+    points = np.asarray(landmarks_px, dtype=np.float64)[:, :2]
+    face = float(np.ptp(points, axis=0).max())
+    # Stay inside the photo where it allows: replicated borders are not part of any face.
+    crop = min(CROP_PER_FACE * face, max(min(rgb.shape[:2]), 1.2 * face))
+    extent = np.array(rgb.shape[1::-1], dtype=np.float64)
+    centre = (points.min(0) + points.max(0)) / 2
+    centre = np.where(crop <= extent, np.clip(centre, crop / 2, extent - crop / 2), extent / 2)
+    size = int(np.clip(round(crop), *OUTPUT_PX_RANGE))
+    source, shrink = rgb, crop / size
+    if shrink > 1.5:  # area-downscale first: bilinear warping alone would alias skin texture
+        source = cv2.resize(rgb, None, fx=1 / shrink, fy=1 / shrink, interpolation=cv2.INTER_AREA)
+        centre, crop = (centre + 0.5) / shrink - 0.5, crop / shrink
+    angle = np.deg2rad(rng.uniform(-10, 10))
+    scale = size / crop * rng.uniform(0.9, 1.1)
+    shift = rng.uniform(-0.04, 0.04, 2) * size
+    rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    affine = np.eye(3)
+    affine[:2, :2], affine[:2, 2] = rotation, size / 2 + shift - rotation @ centre
+    frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float32)
+    tilted = frame + rng.uniform(-0.03, 0.03, (4, 2)).astype(np.float32) * size
+    matrix = cv2.getPerspectiveTransform(frame, tilted) @ affine
+    image = cv2.warpPerspective(source, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE).astype(np.float32) / 255
+
+    grey = bool(np.abs(image[..., 0] - image[..., 2]).mean() < 1 / 255)
+    image = image ** rng.uniform(0.85, 1.18)
+    image = (image - image.mean()) * rng.uniform(0.85, 1.15) + image.mean() + rng.uniform(-0.06, 0.06)
+    if not grey:
+        image = image * rng.uniform(0.95, 1.05, 3).astype(np.float32)
+    if rng.random() < 0.3:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.2))
+    noise = rng.normal(0, rng.uniform(1, 4) / 255, (size, size, 1))
+    if not grey:
+        noise = noise + rng.normal(0, 0.5 / 255, (size, size, 3))
+    image = np.clip(np.rint((image + noise) * 255), 0, 255).astype(np.uint8)
+    ok, data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 96))])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return data.tobytes()
+
+
+def _detect_faces(detector: FaceLandmarkDetector, person: str, paths: list[str], notes: list[str]) -> list:
+    """`[(photo name, rgb, landmarks)]` for the photos with a face; one detection per photo."""
+    photos = []
+    for path in paths:
+        name = f"{person}/{Path(path).name}"
+        try:
+            rgb = read_image(path)
+            photos.append((name, rgb, detector.detect_largest(rgb, name).astype(np.float64)))
+        except (ImageDecodeError, NoFaceError) as error:
+            notes.append(name)
+            tqdm.write(f"skipped photo {error}")
+    return photos
+
+
+def _write_identity(folder: Path, identity: str, photos: list, order: np.ndarray, traits: list[Trait],
+                    rngs: list[np.random.Generator]) -> tuple[list[str], list[str]]:
+    """Write one identity's images (one per generator); returns their paths and source photos."""
+    marked, paths, sources = {}, [], []  # marked: photo index → that photo with the traits painted on
+    (folder / "images" / identity).mkdir(parents=True)
+    for k, rng in enumerate(rngs):
+        index = int(order[k % len(photos)])
+        name, rgb, landmarks = photos[index]
+        if index not in marked:
+            marked[index] = render_traits(rgb, landmarks, traits)
+        paths.append(f"images/{identity}/{identity}_{k:02d}.jpg")
+        (folder / paths[-1]).write_bytes(capture(marked[index], landmarks, rng))
+        sources.append(name)
+    return paths, sources
+
+
+def build_twin_dataset(photo_root: Path, output_dir: Path, images_per_identity: int = 6, seed: int = 0,
+                       landmarker_model: Path = DEFAULT_LANDMARKER_MODEL, max_people: int | None = None,
+                       progress: bool = True) -> TwinDatasetSummary:
+    """Turn every person under `photo_root` (one sub-folder each) into a pair of twins.
+
+    The output folder is filled under a temporary name and renamed into place when done;
+    a previous twin demo folder there is replaced, any other non-empty folder refused.
+    """
+    if images_per_identity < 1 or seed < 0:
+        raise ValueError("images_per_identity must be ≥ 1 and seed ≥ 0")
+    photo_root, output_dir = Path(photo_root).resolve(), Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / TRAITS).is_file():
+        raise OutputFolderError(f"{output_dir}: exists and is not a twin demo folder (no {TRAITS}); "
+                                "it would be replaced, so pick another --output-dir or empty it")
+    people = dataset_from_folders(photo_root)  # {person: [sorted absolute paths]}
+    for stale in output_dir.parent.glob(f".{output_dir.name}{TEMP_MARKER}*"):  # from a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    dataset, pairs, records, skipped_people, skipped_photos = {}, [], {}, [], []
+    with atomic_directory(output_dir) as folder, FaceLandmarkDetector(landmarker_model) as detector:
+        for person, paths in tqdm(people.items(), unit="person", desc="twins", disable=not progress, delay=2):
+            if max_people is not None and len(pairs) >= max_people:
+                break
+            photos = _detect_faces(detector, person, paths, skipped_photos)
+            if not photos:
+                skipped_people.append(person)
+                tqdm.write(f"skipped person {person}: no face in any of {len(paths)} photo(s)")
+                continue
+            order = rng_for(seed, person, _STREAM_ORDER).permutation(len(photos))
+            traits = twin_traits(seed, person)
+            pairs.append([f"{person}_{suffix}" for suffix in TWIN_SUFFIXES])
+            for index, (identity, own) in enumerate(zip(pairs[-1], traits)):
+                rngs = [rng_for(seed, person, _STREAM_IMAGE, index, k) for k in range(images_per_identity)]
+                dataset[identity], sources = _write_identity(folder, identity, photos, order, own, rngs)
+                records[identity] = {"person": person, "twin": pairs[-1][1 - index], "sources": sources,
+                                     "traits": [asdict(t) for t in own]}
+        if not pairs:
+            raise DatasetFileError(f"{photo_root}: no face found in any photo")
+        write_json_atomic(folder / JPG_DATASET, dataset)
+        write_json_atomic(folder / TWIN_PAIRS, pairs)
+        write_json_atomic(folder / TRAITS, {"about": ABOUT, "seed": seed, "identities": records})
+    return TwinDatasetSummary(output_dir, output_dir / JPG_DATASET, output_dir / TWIN_PAIRS, output_dir / TRAITS,
+                              len(pairs) + len(skipped_people), len(pairs), len(dataset),
+                              sum(map(len, dataset.values())), tuple(skipped_people), tuple(skipped_photos))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Simulate twin pairs from real face photos by adding "
+                                     "small local marks (moles, freckles, scars, brows, nose/lip shape).")
+    parser.add_argument("--photo-root", type=Path, required=True,
+                        help="folder with one sub-folder of photos per person")
+    parser.add_argument("--output-dir", type=Path, default=Path("demo_output/twin_data"),
+                        help="where images and JSON files go; replaced if it exists (default: %(default)s)")
+    parser.add_argument("--images-per-identity", type=int, default=6, help="(default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--max-people", type=int, default=None, help="stop after this many twin pairs")
+    parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_LANDMARKER_MODEL,
+                        help="MediaPipe face_landmarker.task (default: %(default)s)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.images_per_identity < 1 or args.seed < 0 or (args.max_people is not None and args.max_people < 1):
+        parser.error("--images-per-identity and --max-people must be ≥ 1, --seed ≥ 0")
+    started = time.perf_counter()
+    try:
+        summary = build_twin_dataset(args.photo_root, args.output_dir, args.images_per_identity, args.seed,
+                                     args.landmarker_model, args.max_people, not args.no_progress)
+    except (DatasetFileError, LandmarkerModelError, OutputFolderError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"{summary.people} people → {summary.pairs} twin pairs, {summary.identities} identities, "
+          f"{summary.images} images in {summary.output_dir} ({time.perf_counter() - started:.1f} s); "
+          f"skipped {len(summary.skipped_people)} people, {len(summary.skipped_photos)} photos")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
