@@ -49,3 +49,24 @@ def copy_photos(shared_faces, tmp_path):
         return destination
 
     return copy
+
+
+def write_adaface_checkpoint(path: Path, arch: str = "ir_18", seed: int = 0) -> Path:
+    """A file in the official AdaFace layout (Lightning `state_dict` with `model.` keys and a
+    margin head) holding random weights."""
+    import torch
+
+    from net import build_adaface
+
+    torch.manual_seed(seed)
+    backbone = build_adaface(arch)
+    state = {f"model.{k}": v for k, v in backbone.state_dict().items()}
+    state["head.kernel"] = torch.randn(512, 10)
+    torch.save({"state_dict": state, "epoch": 1, "global_step": 10}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def adaface_file(tmp_path_factory) -> Path:
+    """A small (IR-18) AdaFace-format checkpoint with random weights."""
+    return write_adaface_checkpoint(tmp_path_factory.mktemp("adaface") / "adaface_ir18_random.ckpt")

@@ -1,0 +1,204 @@
+"""The twin model: shapes, frozen global branch, input contracts, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from combined_model import (ADAFACE_CHECKPOINT_ENV, CheckpointMismatchError, TwinVerificationModel,
+                            UNTRAINED_LABEL)
+from cutout import PART_NAMES
+from face_parts_model import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, PartWeightsError, part_encoder_input
+from net import AdaFaceCheckpointError
+
+TINY = dict(adaface_arch="ir_18", part_backbone="tiny", face_parts_embedding_dim=16, hidden_dim=32,
+            embedding_dim=24)
+
+
+def inputs(batch=3, crop=32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    face = torch.rand(batch, 3, 112, 112, generator=generator) * 2 - 1
+    parts = {p: torch.randn(batch, 3, crop, crop, generator=generator) for p in PART_NAMES}
+    return face, parts
+
+
+@pytest.fixture
+def tiny_model(adaface_file):
+    torch.manual_seed(0)
+    return TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file))
+
+
+def test_output_shapes_and_unit_length(tiny_model):
+    face, parts = inputs()
+    embedding, global_embedding, parts_embedding, combined = tiny_model(face, parts)
+    assert embedding.shape == (3, 24) and global_embedding.shape == (3, 512)
+    assert parts_embedding.shape == (3, 5 * 16) and combined.shape == (3, 512 + 80)
+    torch.testing.assert_close(embedding.norm(dim=1), torch.ones(3))
+    torch.testing.assert_close(global_embedding.norm(dim=1), torch.ones(3))
+
+
+def test_precomputed_global_embedding_gives_the_same_output(tiny_model):
+    tiny_model.eval()
+    face, parts = inputs()
+    direct = tiny_model(face, parts).embedding
+    cached = tiny_model(None, parts, global_embedding=tiny_model.embed_global(face)).embedding
+    torch.testing.assert_close(direct, cached)
+    with pytest.raises(ValueError, match="global_embedding"):
+        tiny_model(None, parts)
+
+
+def test_gradients_reach_only_trainable_parameters(tiny_model):
+    face, parts = inputs()
+    tiny_model.train()
+    tiny_model(face, parts).embedding[:, 0].sum().backward()
+    assert all(p.grad is None for p in tiny_model.adaface.parameters())
+    assert all(not p.requires_grad for p in tiny_model.adaface.parameters())
+    trainable = [p for n, p in tiny_model.named_parameters() if not n.startswith("adaface.")]
+    assert all(p.requires_grad for p in trainable)
+    assert sum(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable) == len(trainable)
+
+
+def test_adaface_is_unchanged_by_training_steps(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.adaface.state_dict().items()}
+    parts_bn_before = tiny_model.face_parts.encoders["nose"].trunk[1].running_mean.clone()
+    optimizer = torch.optim.AdamW(tiny_model.parameters(), lr=1e-2, weight_decay=0.1)
+    tiny_model.train()
+    assert not tiny_model.adaface.training
+    for step in range(2):
+        face, parts = inputs(seed=step)
+        optimizer.zero_grad()
+        tiny_model(face, parts).embedding[:, 0].sum().backward()
+        optimizer.step()
+    after = tiny_model.adaface.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics
+    assert not torch.equal(parts_bn_before, tiny_model.face_parts.encoders["nose"].trunk[1].running_mean)
+
+
+def test_state_dict_leaves_adaface_out_and_loads_strictly(tiny_model, adaface_file):
+    state = tiny_model.state_dict()
+    assert state and not any(k.startswith("adaface.") for k in state)
+    other = TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file))
+    other.load_state_dict(state)
+    tiny_model.eval(), other.eval()
+    face, parts = inputs()
+    torch.testing.assert_close(tiny_model(face, parts).embedding, other(face, parts).embedding)
+
+    broken = dict(state)
+    removed = broken.pop("projection.0.weight")
+    broken["projection.9.weight"] = removed
+    with pytest.raises(RuntimeError) as error:
+        other.load_state_dict(broken)
+    assert "projection.0.weight" in str(error.value) and "projection.9.weight" in str(error.value)
+    with pytest.raises(CheckpointMismatchError, match="AdaFace"):
+        other.load_state_dict({**state, "adaface.input_layer.0.weight": torch.zeros(1)})
+
+
+def test_part_input_contract_is_rgb_with_imagenet_statistics():
+    red_hwc = np.zeros((8, 8, 3), np.uint8)
+    red_hwc[..., 0] = 255  # RGB: red is channel 0
+    from_numpy = part_encoder_input(red_hwc)
+    from_tensor = part_encoder_input(torch.from_numpy(red_hwc).permute(2, 0, 1).unsqueeze(0))
+    expected = [(1 - IMAGENET_MEAN_RGB[0]) / IMAGENET_STD_RGB[0],
+                -IMAGENET_MEAN_RGB[1] / IMAGENET_STD_RGB[1], -IMAGENET_MEAN_RGB[2] / IMAGENET_STD_RGB[2]]
+    assert from_numpy.shape == (3, 8, 8) and from_tensor.shape == (1, 3, 8, 8)
+    for channel, value in enumerate(expected):
+        assert torch.allclose(from_numpy[channel], torch.tensor(value))
+        assert torch.allclose(from_tensor[0, channel], torch.tensor(value))
+    with pytest.raises(ValueError):
+        part_encoder_input(torch.zeros(1, 3, 8, 8))  # float: already normalised or wrong type
+
+
+def test_missing_part_is_named(tiny_model):
+    face, parts = inputs()
+    del parts["chin"]
+    with pytest.raises(KeyError, match="chin"):
+        tiny_model(face, parts)
+
+
+def test_deployable_checkpoint_round_trip_checks_adaface_hash(tiny_model, adaface_file, tmp_path):
+    checkpoint = tiny_model.deployable_checkpoint(threshold=0.5)
+    assert set(checkpoint) == {"model_state_dict", "model_config", "frozen_files", "threshold"}
+    assert checkpoint["frozen_files"]["adaface"]["sha256"]
+    torch.save(checkpoint, tmp_path / "best.pth")
+    restored = TwinVerificationModel.from_checkpoint(tmp_path / "best.pth")
+    tiny_model.eval()
+    face, parts = inputs()
+    torch.testing.assert_close(restored(face, parts).embedding, tiny_model(face, parts).embedding)
+    size_mb = (tmp_path / "best.pth").stat().st_size / 1e6
+    assert size_mb < 1.0  # no copy of AdaFace inside
+
+    from conftest import write_adaface_checkpoint
+    other = write_adaface_checkpoint(tmp_path / "other.ckpt", seed=1)
+    with pytest.raises(CheckpointMismatchError, match="sha256"):
+        TwinVerificationModel.from_checkpoint(tmp_path / "best.pth", adaface_checkpoint=str(other))
+
+
+def test_untrained_global_branch_is_reproducible_and_labelled():
+    a = TwinVerificationModel(**TINY, adaface_checkpoint=None)
+    b = TwinVerificationModel(**TINY, adaface_checkpoint=None)
+    assert a.global_branch_label == UNTRAINED_LABEL
+    assert all(torch.equal(x, y) for x, y in zip(a.adaface.state_dict().values(), b.adaface.state_dict().values()))
+    restored = TwinVerificationModel.from_checkpoint(a.deployable_checkpoint())
+    assert restored.config.adaface_checkpoint is None
+
+
+def test_missing_adaface_file_says_where_it_goes(tmp_path, monkeypatch):
+    monkeypatch.setenv(ADAFACE_CHECKPOINT_ENV, str(tmp_path / "adaface_ir50_ms1mv2.ckpt"))
+    with pytest.raises(AdaFaceCheckpointError, match="adaface_ir50_ms1mv2.ckpt"):
+        TwinVerificationModel(**TINY)
+
+
+def test_imagenet_weights_missing_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(PartWeightsError, match="resnet18-"):
+        TwinVerificationModel(**{**TINY, "part_backbone": "resnet18"}, adaface_checkpoint=None,
+                              part_weights="imagenet")
+
+
+def test_imagenet_weights_load_from_the_torch_cache(monkeypatch, tmp_path):
+    import torchvision
+    (tmp_path / "checkpoints").mkdir()
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    model = TwinVerificationModel(**{**TINY, "part_backbone": "resnet18"}, adaface_checkpoint=None,
+                                  part_weights="imagenet")
+    trunk = model.face_parts.encoders["mouth"].trunk
+    assert torch.equal(trunk.conv1.weight, reference.conv1.weight)
+
+
+def test_readme_usage_with_default_location(adaface_file, tmp_path, monkeypatch):
+    """`TwinVerificationModel()` + `load_state_dict(ckpt['model_state_dict'])` as the README shows,
+    for a full-size model (the AdaFace file found through the default-location variable)."""
+    monkeypatch.setenv(ADAFACE_CHECKPOINT_ENV, str(adaface_file))
+    trained = TwinVerificationModel(adaface_arch="ir_18")
+    torch.save(trained.deployable_checkpoint(), tmp_path / "best.pth")
+    model = TwinVerificationModel(adaface_arch="ir_18")
+    checkpoint = torch.load(tmp_path / "best.pth", weights_only=True)
+    model.load_state_dict(checkpoint["model_state_dict"])
+    model.eval()
+    face, parts = inputs(batch=1, crop=64)
+    features1, _, _, _ = model(face, parts)
+    features2, _, _, _ = trained.eval()(face, parts)
+    similarity = torch.nn.functional.cosine_similarity(features1, features2)
+    assert similarity.item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_full_size_forward_and_backward_on_cpu():
+    model = TwinVerificationModel(adaface_checkpoint=None)  # IR-50 + five ResNet50, 1152→512→256
+    assert sum(p.numel() for p in model.adaface.parameters()) == 43_585_600
+    model.train()
+    face, parts = inputs(batch=2, crop=224)
+    out = model(face, parts)
+    assert out.embedding.shape == (2, 256) and out.combined.shape == (2, 1152)
+    out.embedding[:, 0].sum().backward()
+    assert model.projection[0].weight.grad is not None
+    assert model.face_parts.encoders["left_eye"].trunk.conv1.weight.grad is not None
+
+
+def test_parameter_count_script(capsys):
+    import count_parameters
+
+    count_parameters.main([])
+    printed = capsys.readouterr().out
+    assert "43,585,600" in printed.splitlines()[0]
+    assert "trainable total" in printed and "119,573,184" in printed
