@@ -10,8 +10,8 @@ import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,10 +20,17 @@ TEMP_MARKER = ".tmp-"
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A unique temporary name beside `path`, recognisable as unfinished work."""
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent)
-    os.close(handle)
-    return Path(name)
+    """A new, empty, uniquely named file beside `path`, recognisable as unfinished work.
+
+    Created with the usual permissions (0666 less the umask), unlike `mkstemp`'s 0600.
+    """
+    while True:
+        candidate = path.parent / f".{path.name}{TEMP_MARKER}{secrets.token_hex(6)}"
+        try:
+            os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            continue
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -66,7 +73,13 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent))
+    while True:
+        temporary = path.parent / f".{path.name}{TEMP_MARKER}{secrets.token_hex(6)}"
+        try:
+            temporary.mkdir(mode=0o777)  # the umask applies, as for any folder
+            break
+        except FileExistsError:
+            continue
     try:
         yield temporary
         if path.exists():

@@ -1,0 +1,178 @@
+"""Training: loss and schedule, end to end, exact resume, NaN stop, bf16, TensorBoard, DDP."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_twin_verification as train
+from combined_model import TwinVerificationModel
+from conftest import REPO, tiny_train_config
+from train_config import ConfigError, TrainConfig, parse_config
+
+
+def test_triplet_loss_matches_a_loop():
+    generator = torch.Generator().manual_seed(0)
+    a, p, n = (torch.nn.functional.normalize(torch.randn(7, 5, generator=generator), dim=1) for _ in range(3))
+    loss, per = train.triplet_loss(a, p, n, margin=0.4)
+    expected = [max(0.0, float(torch.dist(a[i], p[i]) - torch.dist(a[i], n[i])) + 0.4) for i in range(7)]
+    assert per.tolist() == pytest.approx(expected, abs=1e-6)
+    assert loss.item() == pytest.approx(np.mean(expected), abs=1e-6)
+
+
+def test_triplet_loss_is_float32_under_bf16_inputs():
+    a = torch.nn.functional.normalize(torch.randn(4, 64), dim=1)
+    p = torch.nn.functional.normalize(a + 1e-3 * torch.randn(4, 64), dim=1)
+    n = torch.nn.functional.normalize(a + 2e-3 * torch.randn(4, 64), dim=1)
+    loss, per = train.triplet_loss(a.bfloat16(), p.bfloat16(), n.bfloat16(), margin=1.0)
+    assert per.dtype == torch.float32
+
+
+def test_learning_rate_warms_up_then_decays():
+    factors = [train.learning_rate_factor(s, total_steps=100, warmup_steps=10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(b <= a for a, b in zip(factors[10:], factors[11:])) and factors[-1] < 0.01
+
+
+def test_every_original_key_is_a_flag_with_its_default(tmp_path):
+    defaults = parse_config([])
+    original = dict(num_epochs=100, batch_size=8, learning_rate=1e-4, triplet_margin=1.0, train_split=0.8,
+                    face_parts_embedding_dim=128, adaface_arch="ir_50", freeze_adaface=True,
+                    output_dir="twin_verification_training")
+    assert {k: getattr(defaults, k) for k in original} == original
+    (tmp_path / "run.json").write_text(json.dumps({"num_epochs": 7, "batch_size": 3}))
+    config = parse_config(["--config", str(tmp_path / "run.json"), "--batch-size", "5"])
+    assert (config.num_epochs, config.batch_size) == (7, 5)  # file < flags
+    (tmp_path / "bad.json").write_text(json.dumps({"num_epoch": 7}))
+    with pytest.raises(ConfigError, match="num_epoch"):
+        parse_config(["--config", str(tmp_path / "bad.json")])
+    with pytest.raises(ConfigError, match="must be int"):
+        TrainConfig.from_dict({"batch_size": "8"})
+    with pytest.raises(ConfigError, match="freeze_adaface"):
+        parse_config(["--freeze-adaface", "false"])
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    config = tiny_train_config(synthetic_data, output, num_epochs=2)
+    state = train.run_training(config)
+    return config, output, state
+
+
+def test_end_to_end_outputs(finished_run):
+    config, output, state = finished_run
+    assert state["epoch"] == 2 and state["finished"] == "completed 2 epochs"
+    for name in ("checkpoints/latest.pth", "checkpoints/best.pth", "split.json", "config.json",
+                 "cache/global_embeddings.pt"):
+        assert (output / name).is_file(), name
+    rows = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for key in ("train_loss", "val_loss", "twin_eer", "general_eer", "active_fraction", "twin_negative_ratio",
+                "triplets_per_second", "learning_rate", "stage"):
+        assert rows[-1][key] is not None, key
+
+    best = torch.load(output / "checkpoints" / "best.pth", weights_only=True)
+    assert best["epoch"] == state["best"]["epoch"] and best["config"]["seed"] == config.seed
+    model = TwinVerificationModel.from_checkpoint(output / "checkpoints" / "best.pth")
+    assert model.config.part_backbone == "tiny" and "UNTRAINED" in best["global_branch"]
+    parts = {p: torch.randn(2, 3, 32, 32) for p in ("left_eye", "right_eye", "nose", "mouth", "chin")}
+    out = model(torch.rand(2, 3, 112, 112) * 2 - 1, parts)
+    torch.testing.assert_close(out.embedding.norm(dim=1), torch.ones(2))
+
+
+def test_tensorboard_has_the_promised_series(finished_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, output, _ = finished_run
+    events = EventAccumulator(str(output / "logs"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ("train/batch_loss", "train/learning_rate", "train/train_loss", "train/stage",
+                "train/twin_negative_ratio", "train/active_fraction", "train/triplets_per_second",
+                "val/val_loss", "val/twin_eer", "val/general_eer"):
+        assert tag in scalars, tag
+    assert "train/part_crops" in events.Tags()["images"] and "val/roc" in events.Tags()["images"]
+
+
+def test_finished_epochs_are_never_run_again(finished_run, monkeypatch):
+    config, output, _ = finished_run
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("a finished epoch ran again"))
+    state = train.run_training(config)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_data, finished_run, tmp_path):
+    config, output, _ = finished_run
+    interrupted = replace(config, output_dir=str(tmp_path / "resumed"), stop_after_epochs=1)
+    first = train.run_training(interrupted)
+    assert first["epoch"] == 1 and first["finished"] is None
+    second = train.run_training(replace(interrupted, stop_after_epochs=0, num_workers=1))  # run control may change
+    assert second["epoch"] == 2
+    straight = torch.load(output / "checkpoints" / "latest.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "checkpoints" / "latest.pth", weights_only=True)
+    assert straight["model_state_dict"].keys() == resumed["model_state_dict"].keys()
+    for key, value in straight["model_state_dict"].items():
+        assert torch.equal(value, resumed["model_state_dict"][key]), key
+    assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in resumed["history"]]
+
+
+def test_changed_settings_refuse_to_resume(finished_run):
+    config, _, _ = finished_run
+    with pytest.raises(ConfigError, match="learning_rate"):
+        train.run_training(replace(config, learning_rate=0.5))
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
+    config = tiny_train_config(synthetic_data, tmp_path / "nan", num_epochs=3)
+    train.run_training(replace(config, stop_after_epochs=1))
+    good = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
+    real_loss = train.triplet_loss
+
+    def poisoned(*args, **kwargs):
+        loss, per = real_loss(*args, **kwargs)
+        return loss * float("nan"), per
+
+    monkeypatch.setattr(train, "triplet_loss", poisoned)
+    with pytest.raises(train.NonFiniteLossError, match="latest.pth"):
+        train.run_training(config)
+    kept = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
+    assert kept["epoch"] == 1
+    assert all(torch.equal(v, kept["model_state_dict"][k]) for k, v in good["model_state_dict"].items())
+
+
+def test_bf16_learns_as_well_as_fp32(synthetic_data, tmp_path):
+    """A bf16 run must not stall: its twin EER and loss fall as far as the fp32 run's."""
+    results = {}
+    for precision in ("fp32", "bf16"):
+        config = tiny_train_config(synthetic_data, tmp_path / precision, num_epochs=6, precision=precision,
+                                   negative_strategy="twin", augment=False, learning_rate=5e-3)
+        state = train.run_training(config)
+        results[precision] = state["history"]
+    for precision, history in results.items():
+        assert history[-1]["train_loss"] < 0.6 * history[0]["train_loss"], precision
+    fp32, bf16 = results["fp32"][-1], results["bf16"][-1]
+    assert bf16["train_loss"] < fp32["train_loss"] + 0.15
+    assert min(r["twin_eer"] for r in results["bf16"]) <= min(r["twin_eer"] for r in results["fp32"]) + 0.15
+
+
+def test_two_process_ddp_with_gloo(synthetic_data, tmp_path):
+    config = tiny_train_config(synthetic_data, tmp_path / "ddp", num_epochs=2)
+    (tmp_path / "run.json").write_text(json.dumps(config.to_dict()))
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(REPO / "train_twin_verification.py"), "--config", str(tmp_path / "run.json")]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp" / "checkpoints" / "latest.pth", weights_only=True)
+    assert state["epoch"] == 2
+    single_epoch_triplets = 32 - 32 % 2  # each process took every second triplet
+    assert state["history"][0]["triplets"] <= single_epoch_triplets
+    assert result.stdout.count("epoch 1/2") == 1  # only the main process reports
+    TwinVerificationModel.from_checkpoint(tmp_path / "ddp" / "checkpoints" / "best.pth")

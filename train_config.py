@@ -1,0 +1,192 @@
+"""The training configuration: one typed, frozen dataclass.
+
+Precedence: defaults < `--config run.json` < command-line flags. Every field is a flag
+(`num_epochs` → `--num-epochs`); unknown keys in a JSON file are errors. The resolved
+config is written into the run folder and into every checkpoint as a plain dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from face_parts_model import PART_BACKBONES
+from net import ADAFACE_ARCHS
+
+NEGATIVE_STRATEGIES = ("random", "twin", "mixed", "curriculum")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Keys that change how a run is executed, not what it computes: they may differ on resume.
+RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device"})
+
+
+class ConfigError(ValueError):
+    """A config value or file that cannot be used; the message names the key."""
+
+
+def _key(help_text: str, **kwargs) -> Any:
+    return field(metadata={"help": help_text, **kwargs.pop("metadata", {})}, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- the original configuration keys ---
+    num_epochs: int = _key("epochs to train", default=100)
+    batch_size: int = _key("triplets per step on each process", default=8)
+    learning_rate: float = _key("peak learning rate (AdamW; warm-up, then cosine decay)", default=1e-4)
+    triplet_margin: float = _key("triplet-loss margin on Euclidean distances between unit-length "
+                                 "embeddings (range 0..2)", default=1.0)
+    train_split: float = _key("share of twin families (a twin pair, or a person without a twin) "
+                              "used for training", default=0.8)
+    face_parts_embedding_dim: int = _key("embedding size of each part encoder", default=128)
+    adaface_arch: str = _key("AdaFace backbone", default="ir_50", metadata={"choices": ADAFACE_ARCHS})
+    freeze_adaface: bool = _key("keep AdaFace frozen (the only supported mode: its embeddings are "
+                                "computed once and cached)", default=True)
+    tensor_dataset_path: str = _key("tensor_dataset.json from the extractor",
+                                    default="extracted_face_parts/tensor_dataset.json")
+    face_parts_dataset_path: str = _key("face_parts_dataset.json from the extractor",
+                                        default="extracted_face_parts/face_parts_dataset.json")
+    twin_pairs_path: str = _key("JSON list of [twin_a, twin_b] identity pairs", default="twin_pairs.json")
+    output_dir: str = _key("run folder: checkpoints/, logs/, split.json", default="twin_verification_training")
+    # --- model ---
+    adaface_checkpoint: str = _key("AdaFace weights file, or 'none' for an untrained global branch "
+                                   "(demos only)", default="pretrained/adaface_ir50_ms1mv2.ckpt")
+    part_backbone: str = _key("part encoder network", default="resnet50", metadata={"choices": PART_BACKBONES})
+    part_weights: str = _key("part encoder initialisation: imagenet (torchvision's file in the torch "
+                             "cache), none, or a weight file", default="imagenet")
+    hidden_dim: int = _key("hidden width of the projection", default=512)
+    embedding_dim: int = _key("final embedding size", default=256)
+    # --- data ---
+    test_split: float = _key("share of families held out for evaluate.py (the rest after train and "
+                             "test is validation)", default=0.1)
+    seed: int = _key("seed of the split, initialisation, triplets and augmentation", default=0)
+    negative_strategy: str = _key("negatives: random person, the anchor's twin, a mix, or a curriculum "
+                                  "(random, then twin)", default="mixed",
+                                  metadata={"choices": NEGATIVE_STRATEGIES})
+    twin_negative_fraction: float = _key("share of twin negatives for the mixed strategy", default=0.5)
+    curriculum_switch_epoch: int = _key("first epoch (0-based) of the curriculum's twin stage", default=10)
+    augment: bool = _key("augment part crops and the aligned face in training", default=True)
+    face_augment_views: int = _key("augmented views of each aligned face whose (frozen) global "
+                                   "embeddings are cached beside the plain one; 0 = none", default=2)
+    # --- optimisation ---
+    weight_decay: float = _key("AdamW weight decay", default=1e-4)
+    warmup_epochs: float = _key("linear learning-rate warm-up, in epochs", default=1.0)
+    grad_clip_norm: float = _key("clip the gradient norm to this; 0 = off", default=5.0)
+    precision: str = _key("auto = bf16 autocast on CUDA, fp32 on CPU", default="auto",
+                          metadata={"choices": PRECISIONS})
+    channels_last: str = _key("auto = on for CUDA", default="auto", metadata={"choices": ("auto", "on", "off")})
+    early_stopping_patience: int = _key("stop after this many epochs without a better validation twin "
+                                        "EER; 0 = never", default=15)
+    max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
+                                           "there are more)", default=200_000)
+    # --- run control (may change between resumes) ---
+    num_workers: int = _key("data-loading processes per training process", default=4)
+    device: str = _key("auto, cpu, cuda or cuda:N", default="auto")
+    log_every_steps: int = _key("TensorBoard batch scalars every N steps", default=10)
+    stop_after_epochs: int = _key("finish this invocation after N more epochs (the run resumes later); "
+                                  "0 = run to the end", default=0)
+    progress: bool = _key("show progress bars", default=True)
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}={getattr(self, key)!r}: {why}")
+
+        check(self.num_epochs >= 1, "num_epochs", "must be at least 1")
+        check(self.batch_size >= 1, "batch_size", "must be at least 1")
+        check(self.learning_rate > 0, "learning_rate", "must be positive")
+        check(self.triplet_margin > 0, "triplet_margin", "must be positive")
+        check(0 < self.train_split < 1, "train_split", "must be between 0 and 1")
+        check(0 <= self.test_split < 1 - self.train_split, "test_split",
+              f"must leave some families for validation (train_split is {self.train_split})")
+        check(0 <= self.twin_negative_fraction <= 1, "twin_negative_fraction", "must be within 0..1")
+        check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
+        check(self.freeze_adaface, "freeze_adaface", "fine-tuning AdaFace is not supported: the global "
+              "branch is frozen by design and its embeddings are cached")
+        for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last"):
+            choices = self.field_metadata(key)["choices"]
+            check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")
+
+    @classmethod
+    def field_metadata(cls, key: str) -> dict:
+        return next(f.metadata for f in fields(cls) if f.name == key)
+
+    @property
+    def adaface_checkpoint_path(self) -> str | None:
+        return None if self.adaface_checkpoint.lower() == "none" else self.adaface_checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {unknown}; known keys: {sorted(known)}")
+        checked = {}
+        for key, value in values.items():
+            expected = known[key].type
+            if expected == "float" and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            type_name = type(value).__name__
+            if type_name != expected:
+                raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
+            checked[key] = value
+        return cls(**checked)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train the twin verification model with twin-aware triplets. Re-running the same "
+                    "command resumes from OUTPUT_DIR/checkpoints/latest.pth.")
+    parser.add_argument("--config", type=Path, help="JSON file with any of the keys below "
+                        "(flags given on the command line win)")
+    for item in fields(TrainConfig):
+        flag = "--" + item.name.replace("_", "-")
+        default = item.default if item.default is not MISSING else None
+        kwargs = {"help": item.metadata["help"], "default": None, "dest": item.name}
+        if "choices" in item.metadata:
+            kwargs["choices"] = item.metadata["choices"]
+        if item.type == "bool":
+            # `--augment` / `--no-augment`, and `--augment false` for scripts.
+            parser.add_argument(flag, nargs="?", const=True, type=_parse_bool, metavar="BOOL",
+                                **{**kwargs, "help": kwargs["help"] + f" (default: {default})"})
+            parser.add_argument("--no-" + item.name.replace("_", "-"), action="store_false", dest=item.name,
+                                default=None, help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, type={"int": int, "float": float, "str": str}[item.type],
+                                **{**kwargs, "help": kwargs["help"] + f" (default: {default})"})
+    return parser
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    """Defaults < --config file < flags."""
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        try:
+            values = json.loads(Path(args.config).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{args.config}: config file not found") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{args.config}: not valid JSON ({error})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{args.config}: expected a JSON object of config keys")
+        TrainConfig.from_dict(values, str(args.config))  # reports unknown keys and wrong types early
+    for item in fields(TrainConfig):
+        flag_value = getattr(args, item.name)
+        if flag_value is not None:
+            values[item.name] = flag_value
+    return TrainConfig.from_dict(values, "command line")

@@ -1,0 +1,351 @@
+"""Training data: the extractor's index files, identity splits, twin-aware triplets, augmentation.
+
+- Images come from `face_parts_dataset.json` and `tensor_dataset.json` (relative paths
+  resolve against each index file's folder); twins from `twin_pairs.json`.
+- Splits are by *family*: a twin pair, or a person without a twin. Both twins always
+  land on the same side, so no identity seen in training appears in validation or test.
+- Which triplets an epoch draws, and how each sample is augmented, are functions of
+  `(seed, epoch)` only: a resumed run sees exactly what an uninterrupted one would.
+- Loaders return uint8 RGB part crops (`…×3×S×S`) and cached global embeddings; the
+  frozen AdaFace never runs in a loader, and each image is decoded once per use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from atomic_files import write_json_atomic
+from cutout import PART_NAMES
+from net import adaface_input_tensor
+
+SPLITS = ("train", "val", "test")
+SPLIT_FORMAT_VERSION = 1
+
+
+class DataIndexError(ValueError):
+    """Index or pair files that are missing, malformed or inconsistent; names the file."""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    person: str
+    key: str
+    part_paths: tuple[Path, ...]  # in PART_NAMES order
+    tensor_path: Path
+
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataIndexError(f"{path}: {what} not found") from None
+    except json.JSONDecodeError as error:
+        raise DataIndexError(f"{path}: {what} is not valid JSON ({error})") from None
+
+
+def load_twin_pairs(path: Path) -> list[tuple[str, str]]:
+    """`[[id_a, id_b], ...]`; each identity in at most one pair."""
+    data = _read_json(path, "twin pairs file")
+    if not isinstance(data, list):
+        raise DataIndexError(f"{path}: expected a list of [id_a, id_b] pairs")
+    pairs, seen = [], set()
+    for number, pair in enumerate(data):
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]
+                or not all(isinstance(p, (str, int)) for p in pair)):
+            raise DataIndexError(f"{path}: entry {number} must be two different identity ids, got {pair!r}")
+        a, b = str(pair[0]), str(pair[1])
+        for person in (a, b):
+            if person in seen:
+                raise DataIndexError(f"{path}: identity {person!r} appears in more than one twin pair")
+            seen.add(person)
+        pairs.append((a, b))
+    return pairs
+
+
+class FaceDataIndex:
+    """Every extracted image with its person, part crops and AdaFace tensor; and the twins."""
+
+    def __init__(self, images: list[ImageRecord], twin_pairs: list[tuple[str, str]]):
+        self.images = images
+        self.persons = sorted({record.person for record in images})
+        person_number = {person: n for n, person in enumerate(self.persons)}
+        self.person_of_image = np.array([person_number[r.person] for r in images], dtype=np.int64)
+        self.images_of = {person: [] for person in self.persons}
+        for number, record in enumerate(images):
+            self.images_of[record.person].append(number)
+        self.twin_of: dict[str, str] = {}
+        self.unmatched_twins: list[str] = []  # listed in twin_pairs.json but without images
+        for a, b in twin_pairs:
+            if a in self.images_of and b in self.images_of:
+                self.twin_of[a], self.twin_of[b] = b, a
+            else:
+                self.unmatched_twins += [p for p in (a, b) if p not in self.images_of]
+
+    @classmethod
+    def load(cls, face_parts_dataset: Path, tensor_dataset: Path, twin_pairs: Path) -> "FaceDataIndex":
+        parts_index = _read_json(face_parts_dataset, "face parts index")
+        tensor_index = _read_json(tensor_dataset, "tensor index")
+        parts_root, tensor_root = Path(face_parts_dataset).parent, Path(tensor_dataset).parent
+        images = []
+        for person, entries in sorted(parts_index.items()):
+            tensors = [tensor_root / p for p in tensor_index.get(person, [])]
+            by_folder = {t.parent.resolve(): t for t in tensors}
+            by_stem = {t.stem: t for t in tensors}
+            for key, parts in sorted(entries.items()):
+                missing = [p for p in PART_NAMES if p not in parts]
+                if missing:
+                    raise DataIndexError(f"{face_parts_dataset}: {person}/{key} lacks parts {missing}")
+                part_paths = tuple(parts_root / parts[p] for p in PART_NAMES)
+                tensor = by_folder.get(part_paths[0].parent.resolve()) or by_stem.get(key)
+                if tensor is None:
+                    raise DataIndexError(f"{tensor_dataset}: no AdaFace tensor for {person}/{key} "
+                                         f"(expected one in {part_paths[0].parent} or named {key}.pt)")
+                images.append(ImageRecord(str(person), key, part_paths, tensor))
+        if not images:
+            raise DataIndexError(f"{face_parts_dataset}: no images")
+        return cls(images, load_twin_pairs(twin_pairs))
+
+    def families(self) -> list[tuple[str, ...]]:
+        """Twin pairs and twinless people, each once, in a fixed order."""
+        done, result = set(), []
+        for person in self.persons:
+            if person not in done:
+                family = tuple(sorted({person, self.twin_of.get(person, person)}))
+                done.update(family)
+                result.append(family)
+        return result
+
+
+def split_families(families: list[tuple[str, ...]], train_split: float, test_split: float,
+                   seed: int) -> dict[str, list[str]]:
+    """Seeded split of families into train/val/test identity lists (twins never separated).
+
+    Validation and test get their share of families, and at least two identities each
+    (so that they hold impostor pairs); training gets the rest.
+    """
+    order = [families[i] for i in np.random.default_rng([seed, 7]).permutation(len(families))]
+    wanted = {"test": int(round(test_split * len(families))) if test_split > 0 else 0,
+              "val": max(1, int(round((1 - train_split - test_split) * len(families))))}
+    split: dict[str, list[str]] = {name: [] for name in SPLITS}
+    position = 0
+    for name in ("test", "val"):
+        taken = 0
+        while wanted[name] and (taken < wanted[name] or len(split[name]) < 2) and position < len(order):
+            split[name] += order[position]
+            taken, position = taken + 1, position + 1
+    split["train"] = [p for family in order[position:] for p in family]
+    if len(split["train"]) < 2 or len(split["val"]) < 2 or (test_split > 0 and len(split["test"]) < 2):
+        raise DataIndexError(f"{len(families)} families are too few for train/val/test shares "
+                             f"{train_split}/{1 - train_split - test_split:.2f}/{test_split}")
+    return {name: sorted(split[name]) for name in SPLITS}
+
+
+def load_or_make_split(path: Path, index: FaceDataIndex, train_split: float, test_split: float,
+                       seed: int) -> dict[str, list[str]]:
+    """The run's saved split, or a new one saved atomically. A saved split is reused as is."""
+    if path.exists():
+        saved = _read_json(path, "saved split")
+        split = {name: saved[name] for name in SPLITS}
+        known = {p for name in SPLITS for p in split[name]}
+        new = sorted(set(index.persons) - known)
+        if new:
+            raise DataIndexError(f"{path}: the dataset has identities the saved split lacks "
+                                 f"({new[:5]}{'…' if len(new) > 5 else ''}); use a new --output-dir")
+        return split
+    split = split_families(index.families(), train_split, test_split, seed)
+    write_json_atomic(path, {"format_version": SPLIT_FORMAT_VERSION, "seed": seed,
+                             "train_split": train_split, "test_split": test_split, **split})
+    return split
+
+
+@dataclass(frozen=True)
+class Triplets:
+    anchor: np.ndarray
+    positive: np.ndarray
+    negative: np.ndarray
+    twin_negative: np.ndarray  # bool: the negative is the anchor's twin
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+
+def curriculum_stage(strategy: str, epoch: int, switch_epoch: int) -> int:
+    """1 = random negatives, 2 = twin negatives; fixed strategies are stage 1 throughout."""
+    return 2 if strategy == "curriculum" and epoch >= switch_epoch else 1
+
+
+def draw_triplets(index: FaceDataIndex, persons: list[str], strategy: str, twin_fraction: float,
+                  rng: np.random.Generator) -> Triplets:
+    """One triplet per anchor image (people with ≥ 2 images), in a shuffled order.
+
+    `strategy`: "random", "twin" (the anchor's twin, or a random person when it has
+    none in `persons`) or "mixed" (twin with probability `twin_fraction`).
+    """
+    members = [p for p in persons if p in index.images_of]
+    member_set = set(members)
+    anchors = [i for p in members if len(index.images_of[p]) >= 2 for i in index.images_of[p]]
+    if not anchors or len(members) < 2:
+        raise DataIndexError(f"cannot form triplets from {len(members)} people: need two people and "
+                             "someone with at least two images")
+    rows = []
+    for anchor in anchors:
+        person = index.images[anchor].person
+        own = index.images_of[person]
+        positive = own[(own.index(anchor) + 1 + rng.integers(len(own) - 1)) % len(own)]
+        twin = index.twin_of.get(person)
+        wants_twin = strategy == "twin" or (strategy == "mixed" and rng.random() < twin_fraction)
+        if wants_twin and twin in member_set:
+            negative_person = twin
+        else:
+            others = len(members) - 1
+            pick = rng.integers(others)
+            negative_person = members[pick + (pick >= members.index(person))]
+        pool = index.images_of[negative_person]
+        rows.append((anchor, positive, pool[rng.integers(len(pool))], negative_person == twin))
+    rows = [rows[i] for i in rng.permutation(len(rows))]
+    columns = list(zip(*rows))
+    return Triplets(*(np.array(c, dtype=np.int64) for c in columns[:3]), np.array(columns[3], dtype=bool))
+
+
+def epoch_triplets(index: FaceDataIndex, persons: list[str], strategy: str, twin_fraction: float,
+                   switch_epoch: int, seed: int, epoch: int) -> Triplets:
+    """The triplets of one training epoch: a function of (seed, epoch) only."""
+    stage = curriculum_stage(strategy, epoch, switch_epoch)
+    effective = {"curriculum": "random" if stage == 1 else "twin"}.get(strategy, strategy)
+    return draw_triplets(index, persons, effective, twin_fraction, np.random.default_rng([seed, 1, epoch]))
+
+
+# ---- augmentation (photometric + small geometric; never a flip: moles and scars have a side)
+
+def random_affine(size_px: int, rng: np.random.Generator, degrees: float, scale: float,
+                  shift: float) -> np.ndarray:
+    angle = rng.uniform(-degrees, degrees)
+    zoom = rng.uniform(1 - scale, 1 + scale)
+    matrix = cv2.getRotationMatrix2D((size_px / 2 - 0.5, size_px / 2 - 0.5), angle, zoom)
+    matrix[:, 2] += rng.uniform(-shift, shift, 2) * size_px
+    return matrix
+
+
+def augment_image(image: np.ndarray, rng: np.random.Generator, degrees: float = 8.0, scale: float = 0.08,
+                  shift: float = 0.04) -> np.ndarray:
+    """A randomly varied copy of a square uint8 image (any channel order)."""
+    size = image.shape[0]
+    out = cv2.warpAffine(image, random_affine(size, rng, degrees, scale, shift), (size, size),
+                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
+    gamma = rng.uniform(0.85, 1.15)
+    table = np.clip(((np.arange(256) / 255.0) ** gamma * 255.0 - 128) * contrast + 128 + brightness, 0, 255)
+    out = cv2.LUT(out, table.astype(np.uint8))
+    if rng.random() < 0.2:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.0))
+    return out
+
+
+def read_crop_rgb(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataIndexError(f"{path}: part crop missing or unreadable; re-run the extractor")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_adaface_tensor(path: Path) -> torch.Tensor:
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataIndexError(f"{path}: AdaFace input tensor missing; re-run the extractor") from None
+    if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape[-3:]) != (3, 112, 112):
+        raise DataIndexError(f"{path}: expected a 3×112×112 AdaFace input tensor")
+    return tensor.reshape(3, 112, 112).float()
+
+
+def adaface_tensor_to_bgr(tensor: torch.Tensor) -> np.ndarray:
+    """Invert the AdaFace input contract: `(x/255−0.5)/0.5` channels-first → uint8 BGR 112×112×3."""
+    return np.clip(np.rint((tensor.numpy().transpose(1, 2, 0) * 0.5 + 0.5) * 255), 0, 255).astype(np.uint8)
+
+
+def sample_rng(seed: int, epoch: int, item: int, role: int) -> np.random.Generator:
+    return np.random.default_rng([seed, 2, epoch, item, role])
+
+
+def load_parts(record: ImageRecord, rng: np.random.Generator | None) -> torch.Tensor:
+    """uint8 `5×3×S×S` RGB crops of one image, augmented when `rng` is given."""
+    crops = []
+    for path in record.part_paths:
+        crop = read_crop_rgb(path)
+        if rng is not None:
+            crop = augment_image(crop, rng)
+        crops.append(crop)
+    sizes = {c.shape for c in crops}
+    if len(sizes) != 1:
+        raise DataIndexError(f"{record.part_paths[0].parent}: part crops differ in size {sorted(sizes)}")
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+
+
+class TripletDataset(Dataset):
+    """Item `i` of an epoch's triplets: uint8 parts and cached global embeddings of the three images."""
+
+    def __init__(self, index: FaceDataIndex, triplets: Triplets, global_embeddings: torch.Tensor,
+                 augment: bool, seed: int, epoch: int):
+        """`global_embeddings`: `N×V×512`, view 0 plain, views 1.. of augmented faces."""
+        self.index, self.triplets = index, triplets
+        self.global_embeddings = global_embeddings
+        self.augment, self.seed, self.epoch = augment, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.triplets)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        images = (self.triplets.anchor[item], self.triplets.positive[item], self.triplets.negative[item])
+        sample = {"twin_negative": torch.tensor(bool(self.triplets.twin_negative[item]))}
+        for role, (name, image) in enumerate(zip(("anchor", "positive", "negative"), images)):
+            rng = sample_rng(self.seed, self.epoch, item, role) if self.augment else None
+            sample[f"{name}_parts"] = load_parts(self.index.images[image], rng)
+            view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
+            sample[f"{name}_global"] = self.global_embeddings[image, view]
+        return sample
+
+
+class ImageDataset(Dataset):
+    """Plain (unaugmented) part crops of chosen images, for validation and evaluation."""
+
+    def __init__(self, index: FaceDataIndex, image_numbers: list[int] | np.ndarray):
+        self.index, self.image_numbers = index, np.asarray(image_numbers, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.image_numbers)
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        number = int(self.image_numbers[item])
+        return {"image": torch.tensor(number), "parts": load_parts(self.index.images[number], None)}
+
+
+class FaceViewDataset(Dataset):
+    """AdaFace inputs of every image: view 0 as extracted, views 1..V augmented (seeded).
+
+    Used once per run to fill the global-embedding cache (AdaFace is frozen, so its
+    output for a given input never changes).
+    """
+
+    def __init__(self, index: FaceDataIndex, augmented_views: int, seed: int):
+        self.index, self.views, self.seed = index, 1 + augmented_views, seed
+
+    def __len__(self) -> int:
+        return len(self.index.images)
+
+    def __getitem__(self, item: int) -> torch.Tensor:
+        plain = read_adaface_tensor(self.index.images[item].tensor_path)
+        views = [plain]
+        if self.views > 1:
+            face_bgr = adaface_tensor_to_bgr(plain)
+            for view in range(1, self.views):
+                rng = np.random.default_rng([self.seed, 3, item, view])
+                views.append(adaface_input_tensor(augment_image(face_bgr, rng, degrees=5, scale=0.05,
+                                                                shift=0.03)))
+        return torch.stack(views)

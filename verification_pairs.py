@@ -1,0 +1,100 @@
+"""Verification pairs of a set of images, and their metrics by impostor kind.
+
+Three kinds of pairs: genuine (two images of one person), twin impostor (a person and
+their twin), general impostor (any two other people). Twin and general impostors are
+reported apart: a model can be excellent on the second and at chance on the first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import verification_metrics as vm
+
+GENUINE, TWIN, GENERAL = 0, 1, 2
+KIND_NAMES = {GENUINE: "genuine", TWIN: "twin", GENERAL: "general"}
+FAR_TARGETS = (1e-1, 1e-2, 1e-3)
+
+
+@dataclass(frozen=True)
+class Pairs:
+    first: np.ndarray   # positions into the image list given to `verification_pairs`
+    second: np.ndarray
+    kind: np.ndarray    # GENUINE, TWIN or GENERAL
+    general_total: int  # general-impostor pairs that exist (more than `kind == GENERAL` when sampled)
+
+    def __len__(self) -> int:
+        return len(self.first)
+
+
+def _upper_pairs(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs within `a` (i < j), or all of `a` × `b`."""
+    if b is None:
+        i, j = np.triu_indices(len(a), k=1)
+        return a[i], a[j]
+    return np.repeat(a, len(b)), np.tile(b, len(a))
+
+
+def verification_pairs(person: np.ndarray, twin_of: dict[int, int], max_general: int,
+                       rng: np.random.Generator) -> Pairs:
+    """Every genuine and twin pair, and all general pairs or a seeded sample of `max_general`.
+
+    `person[i]` is the identity number of image `i`; `twin_of` maps identity numbers.
+    """
+    person = np.asarray(person)
+    groups = {p: np.flatnonzero(person == p) for p in np.unique(person)}
+    firsts, seconds, kinds = [], [], []
+    for p, members in groups.items():
+        f, s = _upper_pairs(members)
+        firsts.append(f), seconds.append(s), kinds.append(np.full(len(f), GENUINE))
+        twin = twin_of.get(int(p))
+        if twin is not None and twin in groups and p < twin:
+            f, s = _upper_pairs(members, groups[twin])
+            firsts.append(f), seconds.append(s), kinds.append(np.full(len(f), TWIN))
+    sizes = np.array([len(m) for m in groups.values()], dtype=np.int64)
+    n_twin = sum(len(k) for k in kinds if len(k) and k[0] == TWIN)
+    general_total = int((sizes.sum() ** 2 - (sizes ** 2).sum()) // 2 - n_twin)
+    if general_total <= max_general:
+        for i in range(len(person)):  # all of them: person-block by person-block
+            later = np.arange(i + 1, len(person))
+            keep = later[(person[later] != person[i]) & (person[later] != twin_of.get(int(person[i]), -1))]
+            firsts.append(np.full(len(keep), i)), seconds.append(keep), kinds.append(np.full(len(keep), GENERAL))
+    else:
+        chosen: set[tuple[int, int]] = set()
+        while len(chosen) < max_general:
+            i, j = rng.integers(len(person), size=(2, 2 * (max_general - len(chosen)) + 16))
+            for a, b in zip(np.minimum(i, j), np.maximum(i, j)):
+                if (person[a] != person[b] and twin_of.get(int(person[a])) != int(person[b])
+                        and len(chosen) < max_general):
+                    chosen.add((int(a), int(b)))
+        sampled = np.array(sorted(chosen), dtype=np.int64)
+        firsts.append(sampled[:, 0]), seconds.append(sampled[:, 1]), kinds.append(np.full(len(sampled), GENERAL))
+    cat = lambda parts: np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    return Pairs(cat(firsts), cat(seconds), cat(kinds), general_total)
+
+
+def cosine_scores(embeddings: np.ndarray, pairs: Pairs) -> np.ndarray:
+    """Cosine similarity of each pair (embeddings are unit length, so a dot product)."""
+    return np.einsum("ij,ij->i", embeddings[pairs.first], embeddings[pairs.second])
+
+
+def metrics_by_impostor_kind(scores: np.ndarray, kind: np.ndarray,
+                             threshold: float | None = None) -> dict[str, dict | None]:
+    """`verification_report` for genuine vs twin, vs general, and vs both impostor kinds.
+
+    A kind with no pairs (or no genuine pairs at all) gives None.
+    """
+    genuine = kind == GENUINE
+    selections = {"twin": genuine | (kind == TWIN), "general": genuine | (kind == GENERAL),
+                  "all": np.ones(len(kind), dtype=bool)}
+    report = {}
+    for name, selected in selections.items():
+        labels = genuine[selected].astype(np.int64)
+        if labels.sum() == 0 or labels.sum() == len(labels):
+            report[name] = None
+            continue
+        report[name] = vm.verification_report(scores[selected], labels, threshold=threshold,
+                                              far_targets=FAR_TARGETS)
+    return report
