@@ -34,7 +34,7 @@ from cutout import PART_NAMES
 from face_parts_model import part_encoder_input
 from train_config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
 from triplet_dataset import (DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset, TripletDataset, curriculum_stage,
-                             draw_triplets, epoch_triplets, load_or_make_split)
+                             draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
 
 CHECKPOINT_FORMAT = 1
 ROLES = ("anchor", "positive", "negative")
@@ -367,6 +367,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
     validator = Validator(index, split["val"], config)
+    crop_size = int(read_crop_rgb(index.images[0].part_paths[0]).shape[0])  # inference cuts crops this size
     writer = None
     if context.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -409,7 +410,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
                 write_metrics_log(state["history"], logs / "metrics.jsonl")
                 if improved:
                     torch_save_atomic(model.deployable_checkpoint(
-                        epoch=epoch + 1, config=config.to_dict(), validation=validation,
+                        epoch=epoch + 1, config=config.to_dict(), validation=validation, part_crop_size=crop_size,
                         threshold=validation["threshold"], threshold_rule="validation EER, all impostors",
                         global_branch=model.global_branch_label), checkpoints / "best.pth")
                 torch_save_atomic({"format_version": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
