@@ -81,7 +81,7 @@ def test_end_to_end_outputs(finished_run):
 
     best = torch.load(output / "checkpoints" / "best.pth", weights_only=True)
     assert best["epoch"] == state["best"]["epoch"] and best["config"]["seed"] == config.seed
-    assert best["part_crop_size"] == 32 and 0 <= best["threshold"] <= 1
+    assert best["part_crop_size"] == 32 and -1 <= best["threshold"] <= 1
     model = TwinVerificationModel.from_checkpoint(output / "checkpoints" / "best.pth")
     assert model.config.part_backbone == "tiny" and "UNTRAINED" in best["global_branch"]
     parts = {p: torch.randn(2, 3, 32, 32) for p in ("left_eye", "right_eye", "nose", "mouth", "chin")}
