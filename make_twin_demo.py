@@ -65,7 +65,11 @@ BROWS = {"left_eye": (70, 63, 105, 66, 107, 55, 65, 52, 53, 46),  # image-left b
 WARP_CENTRES = {"nose_shape": (1, 2, 98, 327), "lip_shape": (13, 14)}
 SQUARE_MARGIN = 0.04        # effects fade out over this fraction of the side at a square's edge
 CROP_PER_FACE = 2.2         # output image side / face size (landmark extent)
-OUTPUT_PX_RANGE = (160, 448)
+OUTPUT_PX_RANGE = (160, 896)
+# Faces smaller than this (landmark extent, px) are upsampled before traits are painted:
+# twin datasets such as ND-TWINS are shot at high resolution, where a 2 mm mole spans
+# several pixels; on a 120-px face it would be sub-pixel and invisible to any model.
+MIN_FACE_PX = 360
 _STREAM_TRAITS, _STREAM_IMAGE, _STREAM_ORDER = 0, 1, 2
 ABOUT = ("Simulated twins: each pair comes from one real person and differs only by the local traits "
          "listed here, painted on before pose/light variation. A pipeline check, not real twins. "
@@ -129,7 +133,7 @@ def sample_trait(rng: np.random.Generator, kind: str | None = None) -> Trait:
         uv = (round(float(rng.uniform(box[0], box[1])), 4), round(float(rng.uniform(box[2], box[3])), 4))
         angle = rng.uniform(-180, 180)
     size, strength = {
-        "mole": lambda: (rng.uniform(0.016, 0.028), rng.uniform(0.35, 0.6)),
+        "mole": lambda: (rng.uniform(0.028, 0.045), rng.uniform(0.4, 0.65)),
         "freckles": lambda: (rng.uniform(0.06, 0.1), rng.uniform(0.28, 0.42)),
         "scar": lambda: (rng.uniform(0.15, 0.28), rng.uniform(0.3, 0.5)),
         "eyebrow": lambda: (0.0, rng.choice([-1, 1]) * rng.uniform(0.3, 0.5)),
@@ -196,7 +200,7 @@ def _mark_alpha(trait: Trait, points: np.ndarray, centre: np.ndarray, ex: np.nda
         for _ in range(int(pattern.integers(5, 11))):
             r, phi = trait.size * np.sqrt(pattern.random()), pattern.uniform(0, 2 * np.pi)
             dot = centre + r * (np.cos(phi) * ex + np.sin(phi) * ey)
-            radius = pattern.uniform(0.009, 0.016) * side
+            radius = pattern.uniform(0.012, 0.02) * side
             weight = pattern.uniform(0.6, 1.0)
             alpha = np.maximum(alpha, weight * _coverage(np.linalg.norm(points - dot, axis=-1), radius))
         return alpha
@@ -330,6 +334,17 @@ def capture(rgb: np.ndarray, landmarks_px: np.ndarray, rng: np.random.Generator)
     return data.tobytes()
 
 
+def _at_least_face_size(rgb: np.ndarray, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upsample a photo (and its landmarks) whose face is smaller than `MIN_FACE_PX`."""
+    factor = MIN_FACE_PX / float(np.ptp(landmarks[:, :2], axis=0).max())
+    if factor <= 1:
+        return rgb, landmarks
+    larger = cv2.resize(rgb, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+    scaled = landmarks.copy()
+    scaled[:, :2] = (scaled[:, :2] + 0.5) * factor - 0.5  # pixel centres stay pixel centres
+    return larger, scaled
+
+
 def _detect_faces(detector: FaceLandmarkDetector, person: str, paths: list[str], notes: list[str]) -> list:
     """`[(photo name, rgb, landmarks)]` for the photos with a face; one detection per photo."""
     photos = []
@@ -337,7 +352,8 @@ def _detect_faces(detector: FaceLandmarkDetector, person: str, paths: list[str],
         name = f"{person}/{Path(path).name}"
         try:
             rgb = read_image(path)
-            photos.append((name, rgb, detector.detect_largest(rgb, name).astype(np.float64)))
+            landmarks = detector.detect_largest(rgb, name).astype(np.float64)
+            photos.append((name, *_at_least_face_size(rgb, landmarks)))
         except (ImageDecodeError, NoFaceError) as error:
             notes.append(name)
             tqdm.write(f"skipped photo {error}")

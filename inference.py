@@ -1,0 +1,293 @@
+"""Twin verification with a trained model: embed photos, compare two, or embed a folder.
+
+    python inference.py IMAGE_A IMAGE_B --checkpoint best.pth [--json]
+    python inference.py --embed PHOTOS_DIR -o embeddings.npz --checkpoint best.pth
+
+A photo goes through the same steps as in extraction and training (`face_images`): decode
+(EXIF applied) → landmarks of the largest face → five RGB part crops at the checkpoint's
+`part_crop_size` + the aligned BGR face → unit-length embedding. Two photos show the same
+person when the cosine similarity of their embeddings is at least the threshold stored in
+the checkpoint. Exit status: 0 on a decision (or every photo embedded), 1 on bad input
+(the message names the file), 2 on bad arguments, 3 when `--embed` could not embed some photos.
+
+The original AdaFace helpers for the global branch alone are kept: `load_pretrained_model`,
+`to_input` and `adaface_feature`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pickle
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+
+from atomic_files import write_bytes_atomic
+from combined_model import CheckpointMismatchError, TwinVerificationModel, default_adaface_checkpoint
+from cutout import PART_NAMES
+from face_images import (DEFAULT_LANDMARKER_MODEL, FaceInputs, FaceLandmarkDetector, ImageDecodeError,
+                         NoFaceError, face_inputs, read_image)
+from face_parts_extractor import IMAGE_SUFFIXES
+from face_parts_model import part_encoder_input
+from net import AdaFaceCheckpointError, IRBackbone, adaface_input_tensor, load_adaface
+
+EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 3
+IMAGE_ERRORS = (ImageDecodeError, NoFaceError)  # a bad photo: reported, never a crash
+ImageSource = Union[str, os.PathLike, np.ndarray]  # a photo file, or decoded RGB uint8 H×W×3
+
+
+class NoThresholdError(ValueError):
+    """A decision was asked for, but the checkpoint holds no threshold."""
+
+
+# ---- the AdaFace global branch alone (the original AdaFace inference helpers) ----------------
+
+def load_pretrained_model(architecture: str = "ir_50", checkpoint: str | os.PathLike | None = None,
+                          trust_checkpoint: bool = False) -> IRBackbone:
+    """AdaFace in eval mode, from `checkpoint` or `default_adaface_checkpoint()` (the IR-50 file
+    in `pretrained/`, unless `$TWIN_ADAFACE_CHECKPOINT` points elsewhere)."""
+    return load_adaface(checkpoint or default_adaface_checkpoint(), architecture, trust_checkpoint)
+
+
+def to_input(pil_rgb_image) -> torch.Tensor:
+    """An aligned 112×112 PIL RGB face → `1×3×112×112` AdaFace input (**BGR**, `(x/255−0.5)/0.5`)."""
+    rgb = np.asarray(pil_rgb_image.convert("RGB"))
+    return adaface_input_tensor(rgb[:, :, ::-1])[None]
+
+
+@torch.no_grad()
+def adaface_feature(model: IRBackbone, input_tensor: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaFace on `to_input` tensors: returns (feature B×512, unit length; norm B×1, its raw L2 norm)."""
+    return model(input_tensor)
+
+
+# ---- the twin model ---------------------------------------------------------------------------
+
+def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None = None,
+                         device: str | torch.device = "cpu") -> tuple[TwinVerificationModel, dict[str, Any]]:
+    """The model of a `best.pth` (eval mode, on `device`) and the checkpoint's other fields."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({error})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("part_crop_size"), int):
+        raise CheckpointMismatchError(f"{path}: no integer 'part_crop_size'; inference needs the best.pth "
+                                      "that training writes (checkpoints/best.pth)")
+    try:
+        model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"{path}: {error}") from None
+    except AdaFaceCheckpointError:
+        raise  # names the AdaFace file and what to do
+    except RuntimeError as error:  # strict loading: weights that do not fit the architecture
+        raise CheckpointMismatchError(f"{path}: its weights do not fit the model its model_config builds "
+                                      f"with this code: {' '.join(str(error).split())[:300]} …") from None
+    info = {k: v for k, v in checkpoint.items() if k != "model_state_dict"}
+    return model.to(device).eval(), info
+
+
+@dataclass(frozen=True)
+class Verification:
+    similarity: float   # cosine similarity of the two embeddings
+    threshold: float    # same person when similarity ≥ threshold
+    same_person: bool
+    global_branch: str  # which AdaFace the model was built on
+
+    @property
+    def decision(self) -> str:
+        return "same person" if self.same_person else "different people"
+
+
+@dataclass(frozen=True)
+class EmbeddingResults:
+    """What `embed_each` gives: rows for the photos that worked, reasons for those that did not."""
+
+    embeddings: np.ndarray           # float32 len(ok)×D, unit length
+    ok: list[int]                    # index into the input of each row
+    failures: list[tuple[int, str]]  # (index into the input, message naming the photo)
+
+
+class TwinVerifier:
+    """A trained twin model and one landmarker, loaded once. Use as a context manager (or `close()`)."""
+
+    def __init__(self, model: TwinVerificationModel, detector: FaceLandmarkDetector, part_crop_size: int,
+                 threshold: float | None, global_branch: str, source: str = "<model>"):
+        self.model, self.detector = model.eval(), detector
+        self.part_crop_size, self.threshold = part_crop_size, threshold
+        self.global_branch, self.source = global_branch, source
+        self.device = next(model.parameters()).device
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, adaface_checkpoint: str | None = None,
+                        device: str | torch.device = "cpu",
+                        landmarker_model: str | os.PathLike = DEFAULT_LANDMARKER_MODEL) -> "TwinVerifier":
+        """`adaface_checkpoint` overrides where the AdaFace file is (its sha256 must match training's)."""
+        model, info = load_twin_checkpoint(path, adaface_checkpoint, device)
+        detector = FaceLandmarkDetector(landmarker_model)
+        return cls(model, detector, info["part_crop_size"], info.get("threshold"),
+                   info.get("global_branch", model.global_branch_label), str(path))
+
+    def prepare(self, image: ImageSource, name: str | None = None) -> FaceInputs:
+        """Parts and aligned face of the largest face in a photo file or an RGB uint8 `H×W×3` array."""
+        if isinstance(image, np.ndarray):
+            name = name or "<array>"
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"{name}: expected an RGB uint8 H×W×3 array, got {image.dtype} {image.shape}")
+            rgb = image
+        else:
+            rgb, name = read_image(image), str(image)
+        landmarks = self.detector.detect_largest(rgb, name)
+        try:
+            return face_inputs(rgb, landmarks, self.part_crop_size)
+        except ValueError as error:  # degenerate landmark geometry
+            raise NoFaceError(f"{name}: no usable face ({error})") from None
+
+    @torch.inference_mode()
+    def embed_faces(self, faces: Sequence[FaceInputs]) -> np.ndarray:
+        """Embeddings (float32 `N×D`, unit length) of prepared faces, in one batch."""
+        face_tensor = adaface_input_tensor(np.stack([f.aligned_bgr for f in faces])).to(self.device)
+        parts = {part: part_encoder_input(torch.from_numpy(np.stack([f.parts_rgb[part] for f in faces]))
+                                          .to(self.device).movedim(-1, -3))
+                 for part in PART_NAMES}
+        return self.model(face_tensor, parts).embedding.float().cpu().numpy()
+
+    def _embed(self, images: Iterable[ImageSource], batch_size: int,
+               failures: list[tuple[int, str]] | None) -> tuple[np.ndarray, list[int]]:
+        """Embed in batches; a bad photo raises, or is appended to `failures` when that is a list."""
+        rows, batch, ok = [], [], []
+        for index, image in enumerate(images):
+            try:
+                batch.append(self.prepare(image, f"image {index}"))
+                ok.append(index)
+            except IMAGE_ERRORS as error:
+                if failures is None:
+                    raise
+                failures.append((index, str(error)))
+            if len(batch) == batch_size:
+                rows.append(self.embed_faces(batch))
+                batch = []
+        if batch:
+            rows.append(self.embed_faces(batch))
+        empty = np.zeros((0, self.model.config.embedding_dim), np.float32)
+        return (np.concatenate(rows) if rows else empty), ok
+
+    def embed(self, image: ImageSource) -> np.ndarray:
+        """The unit-length float32 embedding (1-D) of the largest face in a photo."""
+        return self.embed_faces([self.prepare(image)])[0]
+
+    def embed_many(self, images: Iterable[ImageSource], batch_size: int = 32) -> np.ndarray:
+        """Embeddings `N×D` of all photos, in batches. Raises on the first bad photo, naming it
+        (`ImageDecodeError`, `NoFaceError`); `embed_each` collects failures instead."""
+        return self._embed(images, batch_size, None)[0]
+
+    def embed_each(self, images: Iterable[ImageSource], batch_size: int = 32) -> EmbeddingResults:
+        """Like `embed_many`, but a photo that cannot be read or has no face is skipped and reported."""
+        failures: list[tuple[int, str]] = []
+        embeddings, ok = self._embed(images, batch_size, failures)
+        return EmbeddingResults(embeddings, ok, failures)
+
+    def similarity(self, a: ImageSource, b: ImageSource) -> float:
+        """Cosine similarity of the two photos' embeddings (unit length, so a dot product)."""
+        first, second = self.embed_many([a, b])
+        return float(np.dot(first, second))
+
+    def verify(self, a: ImageSource, b: ImageSource, threshold: float | None = None) -> Verification:
+        """Same person or not, at `threshold` (default: the checkpoint's)."""
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None:
+            raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
+                                   "had no impostor pairs); give one (threshold=…, --threshold)")
+        similarity = self.similarity(a, b)
+        return Verification(similarity, float(threshold), similarity >= threshold, self.global_branch)
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __enter__(self) -> "TwinVerifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- command line -------------------------------------------------------------------------------
+
+def image_files(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable order (hidden files skipped)."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def embed_folder(verifier: TwinVerifier, folder: Path, output: Path, batch_size: int) -> list[str]:
+    """Write `output` (npz: `paths` relative to `folder`, `embeddings` float32 N×D); returns failures."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: folder not found")
+    files = image_files(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    results = verifier.embed_each(files, batch_size)
+    buffer = io.BytesIO()
+    np.savez(buffer, paths=np.array([files[i].relative_to(folder).as_posix() for i in results.ok]),
+             embeddings=results.embeddings)
+    write_bytes_atomic(output, buffer.getvalue())
+    print(f"{len(results.ok)} of {len(files)} photos embedded → {output}")
+    return [message for _, message in results.failures]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("images", nargs="*", type=Path, help="two photos to compare")
+    parser.add_argument("--checkpoint", type=Path, required=True, help="best.pth from training")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--embed", type=Path, metavar="DIR", help="embed every photo under DIR")
+    parser.add_argument("-o", "--output", type=Path, help="npz file written by --embed")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training saw it")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_LANDMARKER_MODEL)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.embed is None and len(args.images) != 2:
+        parser.error("give two photos to compare, or --embed DIR -o OUT.npz")
+    if args.embed is not None and (args.images or args.output is None):
+        parser.error("--embed DIR takes no photos and needs -o OUT.npz")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    try:
+        with TwinVerifier.from_checkpoint(args.checkpoint, args.adaface_checkpoint, args.device,
+                                          args.landmarker_model) as verifier:
+            if args.embed is not None:
+                failures = embed_folder(verifier, args.embed, args.output, args.batch_size)
+                for message in failures:
+                    print(f"failed: {message}", file=sys.stderr)
+                return EXIT_SOME_FAILED if failures else EXIT_OK
+            result = verifier.verify(*args.images, threshold=args.threshold)
+    except (ValueError, OSError, CheckpointMismatchError, AdaFaceCheckpointError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.json:
+        first, second = (str(p) for p in args.images)
+        print(json.dumps({"image_a": first, "image_b": second, **asdict(result), "decision": result.decision}))
+    else:
+        print(f"similarity:    {result.similarity:.4f}\nthreshold:     {result.threshold:.4f}\n"
+              f"decision:      {result.decision}\nglobal branch: {result.global_branch}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""evaluate.py end to end on a tiny trained model; its numbers reproduced from its CSV."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score, roc_curve
+
+import evaluate
+import train_twin_verification as train
+from conftest import tiny_train_config
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("eval_run")
+    train.run_training(tiny_train_config(synthetic_data, output, num_epochs=2, train_split=0.4, test_split=0.4))
+    return output / "checkpoints" / "best.pth"
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    output = tmp_path_factory.mktemp("evaluation")
+    code = evaluate.main(["--checkpoint", str(trained), "--output-dir", str(output), "--bootstrap", "50",
+                          "--workers", "0", "--no-progress"])
+    assert code == 0
+    return output, json.loads((output / "report.json").read_text())
+
+
+def independent_eer(scores: np.ndarray, genuine: np.ndarray) -> float:
+    """EER from sklearn's ROC, interpolating FAR and FRR linearly where they cross."""
+    far, tar, _ = roc_curve(genuine, scores, drop_intermediate=False)
+    frr = 1 - tar
+    k = int(np.argmax(far >= frr))
+    if k == 0 or far[k] == frr[k]:
+        return float(far[k])
+    d0, d1 = far[k - 1] - frr[k - 1], far[k] - frr[k]
+    t = d0 / (d0 - d1)
+    return float(far[k - 1] + t * (far[k] - far[k - 1]))
+
+
+def test_all_outputs_are_written(evaluated, capsys):
+    output, report = evaluated
+    for name in ("report.json", "pairs.csv", "roc.png", "score_histograms.png"):
+        assert (output / name).stat().st_size > 0, name
+    assert set(report["models"]) == {"combined", "adaface"}
+    assert "UNTRAINED" in report["models"]["adaface"]["label"]
+    for model in report["models"].values():
+        for kind in ("twin", "general", "all"):
+            entry = model["test"][kind]
+            assert {"eer", "eer_threshold", "auc", "tar_at_far", "accuracy"} <= set(entry)
+            assert set(entry["tar_at_far"]) == {"1e-01", "1e-02", "1e-03"}
+        assert model["bootstrap"]["twin"]["eer"]["low"] <= model["test"]["twin"]["eer"] + 1e-9
+
+
+def test_numbers_are_reproduced_from_the_csv(evaluated):
+    output, report = evaluated
+    with open(output / "pairs.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sum(r["kind"] == "genuine" for r in rows) == report["pairs"]["genuine"]
+    assert sum(r["kind"] == "twin" for r in rows) == report["pairs"]["twin"]
+    for model in ("combined", "adaface"):
+        scores = np.array([float(r[f"score_{model}"]) for r in rows])
+        kinds = np.array([r["kind"] for r in rows])
+        for kind, selected in (("twin", kinds != "general"), ("general", kinds != "twin"),
+                               ("all", np.ones(len(rows), bool))):
+            genuine = (kinds[selected] == "genuine").astype(int)
+            expected = report["models"][model]["test"][kind]
+            assert independent_eer(scores[selected], genuine) == pytest.approx(expected["eer"], abs=1e-3)
+            assert roc_auc_score(genuine, scores[selected]) == pytest.approx(expected["auc"], abs=1e-3)
+            accuracy = ((scores[selected] >= report["models"][model]["threshold"]) == genuine).mean()
+            assert accuracy == pytest.approx(expected["accuracy"], abs=1e-6)
+
+
+def test_threshold_comes_from_validation_and_is_stored(trained, evaluated):
+    _, report = evaluated
+    assert report["threshold_source"].startswith("chosen on")
+    checkpoint = torch.load(trained, weights_only=True)
+    assert checkpoint["threshold"] == pytest.approx(report["models"]["combined"]["threshold"])
+    assert "validation" in checkpoint["threshold_rule"]
+
+
+def test_a_photo_dataset_is_extracted_and_scored(trained, copy_photos, landmarker_model, tmp_path):
+    photos = copy_photos({"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"],
+                          "franck": ["franck_01829.jpg", "franck_02045.jpg"],
+                          "clm_author": ["cap12_edit_00010.png", "cap12_edit_00449.png"],
+                          "messi": ["messi5.jpg"]})
+    dataset = {p: [f"{p}/{f.name}" for f in sorted((photos / p).iterdir())] for p in
+               ("obama", "franck", "clm_author", "messi")}
+    (photos / "jpg_dataset.json").write_text(json.dumps(dataset))
+    (photos / "twin_pairs.json").write_text(json.dumps([["franck", "clm_author"]]))
+    report = evaluate.evaluate(trained, tmp_path / "out", photos / "jpg_dataset.json", photos / "twin_pairs.json",
+                               bootstrap=0, workers=0, progress=False)
+    assert report["threshold_source"].startswith("stored in the checkpoint")
+    assert report["test_identities"] == 3  # messi has no face and drops out
+    assert report["pairs"] == {"genuine": 3 + 1 + 1, "twin": 4, "general": 12}
+    assert (tmp_path / "out" / "extracted" / "failures.csv").read_text().count("messi5.jpg") == 1

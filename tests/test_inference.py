@@ -1,0 +1,171 @@
+"""Inference: embeddings of real photos, verification, the CLI, errors, and the AdaFace helpers.
+
+The tiny model is trained on synthetic crops, so its decisions on real faces mean
+nothing: the tests check that outputs are consistent, never which decision is made.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import inference
+from conftest import tiny_train_config
+from face_images import ImageDecodeError, NoFaceError, read_image
+from net import adaface_input_tensor, load_adaface
+from train_twin_verification import run_training
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy shared machine torch's spinning
+    threads make them several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(synthetic_data, tmp_path_factory):
+    output = tmp_path_factory.mktemp("inference_run")
+    run_training(tiny_train_config(synthetic_data, output))
+    return output / "checkpoints" / "best.pth"
+
+
+@pytest.fixture(scope="module")
+def verifier(checkpoint, landmarker_model):
+    with inference.TwinVerifier.from_checkpoint(checkpoint, landmarker_model=landmarker_model) as instance:
+        yield instance
+
+
+@pytest.fixture(scope="module")
+def photos(shared_faces):
+    return {"obama": shared_faces / "obama" / "obama.jpg", "obama2": shared_faces / "obama" / "obama2.jpg",
+            "franck": shared_faces / "franck" / "franck_00010.png", "messi": shared_faces / "messi" / "messi5.jpg"}
+
+
+def test_embed_is_unit_length_and_a_path_equals_its_array(verifier, photos):
+    embedding = verifier.embed(photos["obama"])
+    assert embedding.shape == (16,) and embedding.dtype == np.float32
+    assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
+    assert verifier.part_crop_size == 32
+    np.testing.assert_array_equal(verifier.embed(read_image(photos["obama"])), embedding)
+
+
+def test_embed_many_equals_one_by_one(verifier, photos):
+    images = [photos["obama"], photos["franck"], read_image(photos["obama2"])]
+    batched = verifier.embed_many(images, batch_size=2)
+    single = np.stack([verifier.embed(image) for image in images])
+    assert batched.shape == (3, 16)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_verify_uses_the_stored_threshold(verifier, checkpoint, photos):
+    stored = torch.load(checkpoint, weights_only=True)["threshold"]
+    result = verifier.verify(photos["obama"], photos["franck"])
+    assert result.threshold == pytest.approx(stored) and "UNTRAINED" in result.global_branch
+    assert result.same_person == (result.similarity >= result.threshold)
+    expected = float(verifier.embed(photos["obama"]) @ verifier.embed(photos["franck"]))
+    assert result.similarity == pytest.approx(expected, abs=1e-5)
+    assert verifier.similarity(photos["obama"], photos["obama"]) == pytest.approx(1.0, abs=1e-5)
+    assert verifier.verify(photos["obama"], photos["franck"], threshold=-1.0).same_person
+
+
+def test_a_checkpoint_without_threshold_is_a_clear_error(checkpoint, landmarker_model, photos, tmp_path):
+    saved = torch.load(checkpoint, weights_only=True)
+    torch.save({**saved, "threshold": None}, tmp_path / "no_threshold.pth")
+    with inference.TwinVerifier.from_checkpoint(tmp_path / "no_threshold.pth",
+                                                landmarker_model=landmarker_model) as verifier:
+        with pytest.raises(inference.NoThresholdError, match="no_threshold.pth.*threshold"):
+            verifier.verify(photos["obama"], photos["obama2"])
+
+
+def test_bad_photos_are_errors_naming_them(verifier, photos, tmp_path):
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(NoFaceError, match="messi5.jpg"):
+        verifier.embed(photos["messi"])
+    with pytest.raises(ImageDecodeError, match="missing.jpg"):
+        verifier.embed(tmp_path / "missing.jpg")
+    with pytest.raises(ImageDecodeError, match="corrupt.jpg"):
+        verifier.embed(tmp_path / "corrupt.jpg")
+    with pytest.raises(NoFaceError, match="messi5.jpg"):
+        verifier.embed_many([photos["obama"], photos["messi"]])
+    results = verifier.embed_each([photos["obama"], photos["messi"], tmp_path / "missing.jpg", photos["franck"]])
+    assert results.ok == [0, 3] and results.embeddings.shape == (2, 16)
+    assert [(i, "messi5.jpg" in m or "missing.jpg" in m) for i, m in results.failures] == [(1, True), (2, True)]
+    np.testing.assert_allclose(results.embeddings[1], verifier.embed(photos["franck"]), atol=1e-5)
+
+
+def run_cli(capsys, *argv):
+    status = inference.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_cli_compares_two_photos(checkpoint, landmarker_model, photos, capsys):
+    common = ("--checkpoint", checkpoint, "--landmarker-model", landmarker_model)
+    status, out, _ = run_cli(capsys, photos["obama"], photos["obama2"], *common)
+    assert status == 0
+    values = dict(line.split(":", 1) for line in out.strip().splitlines())
+    similarity, threshold = float(values["similarity"]), float(values["threshold"])
+    assert values["decision"].strip() == ("same person" if similarity >= threshold else "different people")
+
+    status, out, _ = run_cli(capsys, photos["obama"], photos["obama2"], *common, "--json")
+    result = json.loads(out)
+    assert status == 0 and result["image_b"].endswith("obama2.jpg")
+    assert result["similarity"] == pytest.approx(similarity, abs=1e-4)
+    assert result["same_person"] == (result["similarity"] >= result["threshold"])
+    assert result["decision"] == ("same person" if result["same_person"] else "different people")
+
+
+def test_cli_errors_name_the_file(checkpoint, landmarker_model, photos, capsys, tmp_path):
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    common = ("--checkpoint", checkpoint, "--landmarker-model", landmarker_model)
+    for bad in (photos["messi"], tmp_path / "missing.jpg", tmp_path / "corrupt.png"):
+        status, out, err = run_cli(capsys, photos["obama"], bad, *common)
+        assert status == 1 and out == ""
+        assert err.startswith("error: ") and bad.name in err and len(err.strip().splitlines()) == 1
+    status, _, err = run_cli(capsys, photos["obama"], photos["obama2"], "--checkpoint", tmp_path / "none.pth")
+    assert status == 1 and "none.pth" in err
+    with pytest.raises(SystemExit) as exit_info:
+        inference.main(["only_one.jpg", "--checkpoint", str(checkpoint)])
+    assert exit_info.value.code == 2
+
+
+def test_cli_embeds_a_folder_and_reports_failures(checkpoint, landmarker_model, copy_photos, capsys, tmp_path):
+    folder = copy_photos({"obama": ["obama.jpg", "obama2.jpg"], "messi": ["messi5.jpg"], "franck": ["franck_00010.png"]})
+    (folder / "notes.txt").write_text("not a photo, not looked at")
+    output = tmp_path / "out" / "embeddings.npz"
+    status, out, err = run_cli(capsys, "--embed", folder, "-o", output, "--checkpoint", checkpoint,
+                               "--landmarker-model", landmarker_model, "--batch-size", "2")
+    assert status == 3 and "messi5.jpg" in err and "no face" in err
+    with np.load(output) as saved:
+        paths, embeddings = saved["paths"].tolist(), saved["embeddings"]
+    assert paths == ["franck/franck_00010.png", "obama/obama.jpg", "obama/obama2.jpg"]
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    assert [p.name for p in output.parent.iterdir()] == ["embeddings.npz"]  # no temporaries left
+    with inference.TwinVerifier.from_checkpoint(checkpoint, landmarker_model=landmarker_model) as verifier:
+        np.testing.assert_allclose(embeddings[1], verifier.embed(folder / "obama" / "obama.jpg"), atol=1e-5)
+
+    (folder / "messi" / "messi5.jpg").unlink()
+    status, _, err = run_cli(capsys, "--embed", folder, "-o", output, "--checkpoint", checkpoint,
+                             "--landmarker-model", landmarker_model)
+    assert status == 0 and err == ""
+
+
+def test_adaface_helpers_match_the_loader(adaface_file, monkeypatch):
+    monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(adaface_file))
+    model = inference.load_pretrained_model("ir_18")
+    assert not model.training
+    bgr = np.random.default_rng(0).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    face = inference.to_input(Image.fromarray(np.ascontiguousarray(bgr[:, :, ::-1])))
+    torch.testing.assert_close(face, adaface_input_tensor(bgr)[None], rtol=0, atol=0)
+    feature, norm = inference.adaface_feature(model, face)
+    with torch.no_grad():
+        expected, expected_norm = load_adaface(adaface_file, "ir_18")(adaface_input_tensor(bgr)[None])
+    torch.testing.assert_close(feature, expected)
+    torch.testing.assert_close(norm, expected_norm)
+    assert feature.shape == (1, 512) and norm.shape == (1, 1)
