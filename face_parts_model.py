@@ -20,6 +20,7 @@ from cutout import PART_NAMES
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 PART_BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
+TINY_MAP_CHANNELS, TINY_MAP_SIZE = 8, 8  # the tiny encoder's spatial output: 8 × 8 × 8
 _TORCHVISION_WEIGHTS = {
     "resnet50": torchvision.models.ResNet50_Weights,
     "resnet34": torchvision.models.ResNet34_Weights,
@@ -72,7 +73,11 @@ def build_trunk(backbone: str) -> tuple[nn.Module, int]:
             layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
                        nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             channels = width
-        return nn.Sequential(*layers, MeanMaxPool()), 2 * channels
+        # Keep *where* features are: crops are aligned by landmarks, so one skin spot sits at
+        # one place in every photo of a face, and a mole changes the embedding where it is.
+        # (A global pool would let the nostrils' darkness hide a mole's.)
+        layers += [nn.Conv2d(channels, TINY_MAP_CHANNELS, 1), nn.AdaptiveAvgPool2d(TINY_MAP_SIZE), nn.Flatten()]
+        return nn.Sequential(*layers), TINY_MAP_CHANNELS * TINY_MAP_SIZE ** 2
     if backbone not in _TORCHVISION_WEIGHTS:
         raise ValueError(f"unknown part backbone {backbone!r}; choose one of {', '.join(PART_BACKBONES)}")
     trunk = getattr(torchvision.models, backbone)(weights=None)
@@ -101,14 +106,6 @@ def load_trunk_weights(trunk: nn.Module, backbone: str, weights: str) -> None:
             f"{path} does not fit a {backbone} trunk: missing {result.missing_keys[:5]} "
             f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} "
             f"({len(result.unexpected_keys)})")
-
-
-class MeanMaxPool(nn.Module):
-    """Average and maximum over positions, side by side. The maximum lets a small network
-    notice one small local mark (a mole, a scar) that averaging would dilute."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return torch.cat([features.mean(dim=(2, 3)), features.amax(dim=(2, 3))], dim=1)
 
 
 class PartEncoder(nn.Module):

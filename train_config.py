@@ -68,6 +68,8 @@ class TrainConfig:
     twin_negative_fraction: float = _key("share of twin negatives for the mixed strategy", default=0.5)
     curriculum_switch_epoch: int = _key("first epoch (0-based) of the curriculum's twin stage", default=10)
     augment: bool = _key("augment part crops and the aligned face in training", default=True)
+    augment_strength: float = _key("scale of the part augmentation ranges (rotation 8°, zoom and contrast "
+                                   "±8%/±20%, shift 4%, … at 1.0)", default=1.0)
     face_augment_views: int = _key("augmented views of each aligned face whose (frozen) global "
                                    "embeddings are cached beside the plain one; 0 = none", default=2)
     # --- optimisation ---

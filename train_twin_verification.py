@@ -157,7 +157,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache,
     dtype = autocast_dtype(config, device)
     channels_last = uses_channels_last(config, device)
     positions = np.arange(context.rank, len(triplets) - len(triplets) % context.world_size, context.world_size)
-    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch)
+    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
     batches = loader(torch.utils.data.Subset(dataset, positions.tolist()), config, device, config.batch_size)
     model.train()
     totals = torch.zeros(4, dtype=torch.float64)  # loss·n, active, twin negatives, n

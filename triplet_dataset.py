@@ -233,17 +233,21 @@ def random_affine(size_px: int, rng: np.random.Generator, degrees: float, scale:
     return matrix
 
 
-def augment_image(image: np.ndarray, rng: np.random.Generator, degrees: float = 8.0, scale: float = 0.08,
-                  shift: float = 0.04) -> np.ndarray:
-    """A randomly varied copy of a square uint8 image (any channel order)."""
+def augment_image(image: np.ndarray, rng: np.random.Generator, strength: float = 1.0, degrees: float = 8.0,
+                  scale: float = 0.08, shift: float = 0.04) -> np.ndarray:
+    """A randomly varied copy of a square uint8 image (any channel order).
+
+    `strength` scales every range (rotation, zoom, shift, contrast, brightness, gamma,
+    blur probability) from the defaults given at 1.0.
+    """
     size = image.shape[0]
-    out = cv2.warpAffine(image, random_affine(size, rng, degrees, scale, shift), (size, size),
-                         flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    contrast, brightness = rng.uniform(0.8, 1.2), rng.uniform(-20, 20)
-    gamma = rng.uniform(0.85, 1.15)
+    out = cv2.warpAffine(image, random_affine(size, rng, degrees * strength, scale * strength, shift * strength),
+                         (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    contrast, brightness = 1 + rng.uniform(-0.2, 0.2) * strength, rng.uniform(-20, 20) * strength
+    gamma = 1 + rng.uniform(-0.15, 0.15) * strength
     table = np.clip(((np.arange(256) / 255.0) ** gamma * 255.0 - 128) * contrast + 128 + brightness, 0, 255)
     out = cv2.LUT(out, table.astype(np.uint8))
-    if rng.random() < 0.2:
+    if rng.random() < 0.2 * strength:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.0))
     return out
 
@@ -274,13 +278,13 @@ def sample_rng(seed: int, epoch: int, item: int, role: int) -> np.random.Generat
     return np.random.default_rng([seed, 2, epoch, item, role])
 
 
-def load_parts(record: ImageRecord, rng: np.random.Generator | None) -> torch.Tensor:
+def load_parts(record: ImageRecord, rng: np.random.Generator | None, strength: float = 1.0) -> torch.Tensor:
     """uint8 `5×3×S×S` RGB crops of one image, augmented when `rng` is given."""
     crops = []
     for path in record.part_paths:
         crop = read_crop_rgb(path)
         if rng is not None:
-            crop = augment_image(crop, rng)
+            crop = augment_image(crop, rng, strength)
         crops.append(crop)
     sizes = {c.shape for c in crops}
     if len(sizes) != 1:
@@ -292,11 +296,12 @@ class TripletDataset(Dataset):
     """Item `i` of an epoch's triplets: uint8 parts and cached global embeddings of the three images."""
 
     def __init__(self, index: FaceDataIndex, triplets: Triplets, global_embeddings: torch.Tensor,
-                 augment: bool, seed: int, epoch: int):
+                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0):
         """`global_embeddings`: `N×V×512`, view 0 plain, views 1.. of augmented faces."""
         self.index, self.triplets = index, triplets
         self.global_embeddings = global_embeddings
         self.augment, self.seed, self.epoch = augment, seed, epoch
+        self.augment_strength = augment_strength
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -306,7 +311,7 @@ class TripletDataset(Dataset):
         sample = {"twin_negative": torch.tensor(bool(self.triplets.twin_negative[item]))}
         for role, (name, image) in enumerate(zip(("anchor", "positive", "negative"), images)):
             rng = sample_rng(self.seed, self.epoch, item, role) if self.augment else None
-            sample[f"{name}_parts"] = load_parts(self.index.images[image], rng)
+            sample[f"{name}_parts"] = load_parts(self.index.images[image], rng, self.augment_strength)
             view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
             sample[f"{name}_global"] = self.global_embeddings[image, view]
         return sample
@@ -346,6 +351,5 @@ class FaceViewDataset(Dataset):
             face_bgr = adaface_tensor_to_bgr(plain)
             for view in range(1, self.views):
                 rng = np.random.default_rng([self.seed, 3, item, view])
-                views.append(adaface_input_tensor(augment_image(face_bgr, rng, degrees=5, scale=0.05,
-                                                                shift=0.03)))
+                views.append(adaface_input_tensor(augment_image(face_bgr, rng, degrees=5, scale=0.05, shift=0.03)))
         return torch.stack(views)

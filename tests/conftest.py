@@ -13,6 +13,18 @@ SHARED_FACES = Path(os.environ.get("TWIN_SAMPLE_FACES", REPO.parent / "shared" /
 LANDMARKER = REPO / "pretrained" / "face_landmarker.task"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy shared machine torch's spinning
+    threads make them several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_faces() -> Path:
     """The folder of real sample photos (one sub-folder per person), read-only."""

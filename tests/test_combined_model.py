@@ -123,8 +123,7 @@ def test_deployable_checkpoint_round_trip_checks_adaface_hash(tiny_model, adafac
     tiny_model.eval()
     face, parts = inputs()
     torch.testing.assert_close(restored(face, parts).embedding, tiny_model(face, parts).embedding)
-    size_mb = (tmp_path / "best.pth").stat().st_size / 1e6
-    assert size_mb < 1.0  # no copy of AdaFace inside
+    assert (tmp_path / "best.pth").stat().st_size < adaface_file.stat().st_size / 10  # no copy of AdaFace inside
 
     from conftest import write_adaface_checkpoint
     other = write_adaface_checkpoint(tmp_path / "other.ckpt", seed=1)

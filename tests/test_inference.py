@@ -18,14 +18,7 @@ from net import adaface_input_tensor, load_adaface
 from train_twin_verification import run_training
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads, and on a busy shared machine torch's spinning
-    threads make them several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +162,24 @@ def test_adaface_helpers_match_the_loader(adaface_file, monkeypatch):
     torch.testing.assert_close(feature, expected)
     torch.testing.assert_close(norm, expected_norm)
     assert feature.shape == (1, 512) and norm.shape == (1, 1)
+
+
+def readme_python_block(containing: str) -> str:
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text()
+    blocks = [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+    return next(block for block in blocks if containing in block)
+
+
+def test_readme_inference_snippet_runs_as_written(checkpoint, photos, landmarker_model, monkeypatch, tmp_path):
+    code = readme_python_block("TwinVerifier")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "twin_verification_training" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "twin_verification_training" / "checkpoints" / "best.pth").write_bytes(checkpoint.read_bytes())
+    for name, source in (("a.jpg", photos["obama"]), ("b.jpg", photos["obama2"]), ("c.jpg", photos["franck"])):
+        (tmp_path / name).write_bytes(source.read_bytes())
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["embeddings"].shape == (3, 16)
+    assert namespace["result"].same_person == (namespace["result"].similarity >= namespace["result"].threshold)

