@@ -26,13 +26,12 @@ def write_synthetic_extraction(folder: Path, families: int = 4, images_per_perso
     for family in range(families):
         pair = (f"f{family}a", f"f{family}b")
         twin_pairs.append(list(pair))
-        people.append((pair[0], family, 0))
-        people.append((pair[1], family, 1))
-    people.append(("solo", families, 0))
+        people += [(pair[0], family), (pair[1], family)]
+    people.append(("solo", families))
     family_faces = rng.integers(40, 215, (families + 1, 112, 112, 3)).astype(np.uint8)
     family_parts = rng.integers(60, 200, (families + 1, len(PART_NAMES), crop, crop, 3)).astype(np.uint8)
     parts_index, tensor_index = {}, {}
-    for person, family, twin in people:
+    for person, family in people:
         dot = rng.integers(4, crop - 8, size=(len(PART_NAMES), 2))
         for image in range(images_per_person):
             noise = lambda shape: rng.normal(0, 12, shape)

@@ -5,8 +5,6 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from itertools import product
-from pathlib import Path
 
 import numpy as np
 import pytest
