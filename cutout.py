@@ -50,12 +50,6 @@ ALIGNED_FACE_SIZE = 112
 _ANTIALIAS_ABOVE = 1.5
 
 
-def landmarks_to_pixels(landmarks_norm: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Normalised MediaPipe landmarks `(N, 2|3)` in [0, 1] → float pixel `(N, 2)`."""
-    landmarks_norm = np.asarray(landmarks_norm, dtype=np.float64)
-    return landmarks_norm[:, :2] * np.array([width, height], dtype=np.float64)
-
-
 def face_down_axis(landmarks_px: np.ndarray) -> np.ndarray:
     """Unit vector pointing from the top of the forehead to the bottom of the chin."""
     down = landmarks_px[CHIN_BOTTOM, :2] - landmarks_px[FOREHEAD_TOP, :2]

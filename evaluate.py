@@ -37,8 +37,8 @@ import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 from combined_model import TwinVerificationModel
 from train_config import TrainConfig
-from train_twin_verification import embed_images, loader
-from triplet_dataset import DataIndexError, FaceDataIndex, FaceViewDataset
+from train_twin_verification import adaface_embeddings, embed_images
+from triplet_dataset import DataIndexError, FaceDataIndex
 
 MODELS = ("combined", "adaface")
 KINDS = ("twin", "general", "all")
@@ -49,16 +49,11 @@ def family_of(index: FaceDataIndex) -> dict[str, str]:
     return {person: "+".join(family) for family in index.families() for person in family}
 
 
-def adaface_embeddings(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
-                       config: TrainConfig, device: torch.device) -> torch.Tensor:
+def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
+                         config: TrainConfig, device: torch.device) -> torch.Tensor:
     """`len(index.images)×512` AdaFace features, filled for `numbers` (one forward per image)."""
     result = torch.zeros(len(index.images), 512)
-    views = torch.utils.data.Subset(FaceViewDataset(index, 0, config.seed), numbers.tolist())
-    start = 0
-    for faces in loader(views, config, device, 64):
-        rows = model.embed_global(faces[:, 0].to(device)).float().cpu()
-        result[numbers[start:start + len(rows)]] = rows
-        start += len(rows)
+    result[numbers] = adaface_embeddings(model, index, numbers, 0, config, device)[:, 0]
     return result
 
 
@@ -82,11 +77,9 @@ def choose_threshold(scores: np.ndarray, pairs: vp.Pairs, rule: str) -> float:
 def bootstrap_intervals(scores, pairs, families_a, families_b, resamples: int, seed: int) -> dict[str, Any]:
     """95% intervals of EER and AUC per impostor kind, resampling twin families."""
     genuine = pairs.kind == vp.GENUINE
-    selections = {"twin": genuine | (pairs.kind == vp.TWIN), "general": genuine | (pairs.kind == vp.GENERAL),
-                  "all": np.ones(len(pairs), dtype=bool)}
     metric_fns = {"eer": lambda s, l, w: vm.equal_error_rate(s, l, w)[0], "auc": vm.roc_auc}
     intervals: dict[str, Any] = {}
-    for kind, selected in selections.items():
+    for kind, selected in vp.impostor_selections(pairs.kind).items():
         labels = genuine[selected].astype(int)
         if not 0 < labels.sum() < len(labels):
             intervals[kind] = None
@@ -119,21 +112,18 @@ def write_plots(test: dict[str, Any], labels: dict[str, str], output: Path) -> N
     import matplotlib.pyplot as plt
 
     kinds = test["pairs"].kind
-    genuine = kinds == vp.GENUINE
     figure, axes = plt.subplots(figsize=(6, 4.5))
     for name, style in zip(MODELS, ("-", "--")):
-        for kind, colour in ((vp.TWIN, "tab:red"), (vp.GENERAL, "tab:blue")):
-            selected = genuine | (kinds == kind)
-            if genuine.any() and (kinds == kind).any():
-                far, tar, _ = vm.roc_points(test["scores"][name][selected], genuine[selected].astype(int))
-                axes.plot(far, tar, style, color=colour, label=f"{labels[name]}, {vp.KIND_NAMES[kind]} impostors")
+        for kind, (far, tar) in vp.roc_by_impostor_kind(test["scores"][name], kinds).items():
+            axes.plot(far, tar, style, color=vp.KIND_COLOURS[kind],
+                      label=f"{labels[name]}, {vp.KIND_NAMES[kind]} impostors")
     axes.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="false accept rate", ylabel="true accept rate")
     axes.grid(True, alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
     save_figure(figure, output / "roc.png")
     figure, panels = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for panel, name in zip(panels, MODELS):
-        for kind, colour in ((vp.GENUINE, "tab:green"), (vp.TWIN, "tab:red"), (vp.GENERAL, "tab:blue")):
+        for kind, colour in vp.KIND_COLOURS.items():
             values = test["scores"][name][kinds == kind]
             if len(values):
                 panel.hist(values, bins=40, range=(-1, 1), density=True, alpha=0.5, color=colour,
@@ -205,7 +195,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             raise DataIndexError(f"{run_dir / 'split.json'} has no test identities (trained with test_split 0); "
                                  "evaluate on a separate --jpg-dataset instead")
     needed = np.array(sorted(i for p in split["val"] + split["test"] for i in index.images_of[p]), dtype=np.int64)
-    global_all = adaface_embeddings(model, index, needed, config, context.device)
+    global_all = global_embeddings_of(model, index, needed, config, context.device)
     test = split_embeddings(model, index, split["test"], global_all, config, context)
     val = split_embeddings(model, index, split["val"], global_all, config, context) if split["val"] else None
 

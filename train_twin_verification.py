@@ -130,15 +130,23 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
     if context.is_main:
         cached = torch.load(path, weights_only=True) if path.exists() else None
         if cached is None or cached["key"] != key:
-            dataset = FaceViewDataset(index, key["views"] - 1, config.seed)
-            rows = []
-            model.adaface.to(context.device)
-            for faces in _progress(loader(dataset, config, context.device, 32), config, "AdaFace embeddings"):
-                flat = faces.to(context.device).flatten(0, 1)
-                rows.append(model.embed_global(flat).float().cpu().view(len(faces), key["views"], -1))
-            torch_save_atomic({"key": key, "embeddings": torch.cat(rows)}, path)
+            embeddings = adaface_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
+                                            config, context.device)
+            torch_save_atomic({"key": key, "embeddings": embeddings}, path)
     distributed.barrier(context)
     return torch.load(path, weights_only=True)["embeddings"]
+
+
+@torch.no_grad()
+def adaface_embeddings(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
+                       augmented_views: int, config: TrainConfig, device: torch.device) -> torch.Tensor:
+    """AdaFace features `len(numbers)×(1+augmented_views)×512` of chosen images, in float32."""
+    views = 1 + augmented_views
+    dataset = torch.utils.data.Subset(FaceViewDataset(index, augmented_views, config.seed), numbers.tolist())
+    model.adaface.to(device)
+    rows = [model.embed_global(faces.to(device).flatten(0, 1)).float().cpu().view(len(faces), views, -1)
+            for faces in _progress(loader(dataset, config, device, 32), config, "AdaFace embeddings")]
+    return torch.cat(rows) if rows else torch.zeros((0, views, 512))
 
 
 def _progress(iterable, config: TrainConfig, description: str, total: int | None = None):
@@ -280,15 +288,9 @@ def roc_figure(scores: np.ndarray, kinds: np.ndarray, title: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from verification_metrics import roc_points
-
     figure, axes = plt.subplots(figsize=(5, 4))
-    genuine = kinds == vp.GENUINE
-    for kind, colour in ((vp.TWIN, "tab:red"), (vp.GENERAL, "tab:blue")):
-        selected = genuine | (kinds == kind)
-        if genuine.any() and (kinds == kind).any():
-            far, tar, _ = roc_points(scores[selected], genuine[selected].astype(int))
-            axes.plot(far, tar, color=colour, label=f"{vp.KIND_NAMES[kind]} impostors")
+    for kind, (far, tar) in vp.roc_by_impostor_kind(scores, kinds).items():
+        axes.plot(far, tar, color=vp.KIND_COLOURS[kind], label=f"{vp.KIND_NAMES[kind]} impostors")
     axes.set(xscale="log", xlim=(1e-4, 1), ylim=(0, 1.01), xlabel="FAR", ylabel="TAR", title=title)
     axes.grid(True, alpha=0.3)
     axes.legend(loc="lower right")

@@ -15,6 +15,7 @@ import verification_metrics as vm
 
 GENUINE, TWIN, GENERAL = 0, 1, 2
 KIND_NAMES = {GENUINE: "genuine", TWIN: "twin", GENERAL: "general"}
+KIND_COLOURS = {GENUINE: "tab:green", TWIN: "tab:red", GENERAL: "tab:blue"}  # the same in every plot
 FAR_TARGETS = (1e-1, 1e-2, 1e-3)
 
 
@@ -80,6 +81,13 @@ def cosine_scores(embeddings: np.ndarray, pairs: Pairs) -> np.ndarray:
     return np.einsum("ij,ij->i", embeddings[pairs.first], embeddings[pairs.second])
 
 
+def impostor_selections(kind: np.ndarray) -> dict[str, np.ndarray]:
+    """Masks of the pairs each report compares: genuine with twin, with general, with all impostors."""
+    genuine = kind == GENUINE
+    return {"twin": genuine | (kind == TWIN), "general": genuine | (kind == GENERAL),
+            "all": np.ones(len(kind), dtype=bool)}
+
+
 def metrics_by_impostor_kind(scores: np.ndarray, kind: np.ndarray,
                              threshold: float | None = None) -> dict[str, dict | None]:
     """`verification_report` for genuine vs twin, vs general, and vs both impostor kinds.
@@ -87,10 +95,8 @@ def metrics_by_impostor_kind(scores: np.ndarray, kind: np.ndarray,
     A kind with no pairs (or no genuine pairs at all) gives None.
     """
     genuine = kind == GENUINE
-    selections = {"twin": genuine | (kind == TWIN), "general": genuine | (kind == GENERAL),
-                  "all": np.ones(len(kind), dtype=bool)}
     report = {}
-    for name, selected in selections.items():
+    for name, selected in impostor_selections(kind).items():
         labels = genuine[selected].astype(np.int64)
         if labels.sum() == 0 or labels.sum() == len(labels):
             report[name] = None
@@ -98,3 +104,15 @@ def metrics_by_impostor_kind(scores: np.ndarray, kind: np.ndarray,
         report[name] = vm.verification_report(scores[selected], labels, threshold=threshold,
                                               far_targets=FAR_TARGETS)
     return report
+
+
+def roc_by_impostor_kind(scores: np.ndarray, kind: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """`(FAR, TAR)` curves of genuine pairs against each impostor kind that has pairs."""
+    genuine = kind == GENUINE
+    curves = {}
+    for impostor in (TWIN, GENERAL):
+        selected = genuine | (kind == impostor)
+        if genuine.any() and (kind == impostor).any():
+            far, tar, _ = vm.roc_points(scores[selected], genuine[selected].astype(int))
+            curves[impostor] = (far, tar)
+    return curves
