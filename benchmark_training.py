@@ -26,7 +26,8 @@ import torch
 import distributed
 from synthetic_extraction import write_synthetic_extraction
 from train_config import TrainConfig
-from train_twin_verification import build_model, train_one_epoch, uses_channels_last
+from model_runner import build_model, uses_channels_last
+from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, Triplets, draw_triplets
 
 SIZES = {"full": dict(part_backbone="resnet50", crop=224), "small": dict(part_backbone="tiny", crop=64)}
@@ -51,7 +52,7 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
                                                          "twin_pairs_path")))
     context = distributed.Context(device=device)
     model = build_model(config).to(device)
-    if uses_channels_last(config, device):
+    if uses_channels_last(config.channels_last, device):
         model.face_parts.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

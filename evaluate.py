@@ -31,13 +31,13 @@ import numpy as np
 import torch
 
 import distributed
+import model_runner as runner
 import face_parts_extractor as extractor
 import verification_metrics as vm
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 from combined_model import TwinVerificationModel
 from train_config import TrainConfig
-from train_twin_verification import adaface_embeddings, embed_images
 from triplet_dataset import DataIndexError, FaceDataIndex
 
 MODELS = ("combined", "adaface")
@@ -53,7 +53,8 @@ def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, num
                          config: TrainConfig, device: torch.device) -> torch.Tensor:
     """`len(index.images)×512` AdaFace features, filled for `numbers` (one forward per image)."""
     result = torch.zeros(len(index.images), 512)
-    result[numbers] = adaface_embeddings(model, index, numbers, 0, config, device)[:, 0]
+    result[numbers] = runner.global_embeddings(model, index, numbers, 0, config.seed, device, config.num_workers,
+                                               config.progress)[:, 0]
     return result
 
 
@@ -64,7 +65,10 @@ def split_embeddings(model, index, persons, global_all, config, context) -> dict
     twins = {person_number[a]: person_number[b] for a, b in index.twin_of.items()}
     pairs = vp.verification_pairs(index.person_of_image[numbers], twins, config.max_general_impostor_pairs,
                                   np.random.default_rng([config.seed, 6]))
-    embeddings = {"combined": embed_images(model, index, numbers, global_all, config, context),
+    combined = runner.embed_images(model, index, numbers, global_all, context,
+                                   runner.autocast_dtype(config.precision, context.device),
+                                   runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
+    embeddings = {"combined": combined,
                   "adaface": global_all[numbers].numpy()}
     return {"numbers": numbers, "pairs": pairs,
             "scores": {name: vp.cosine_scores(e, pairs) for name, e in embeddings.items()}}

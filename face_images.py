@@ -25,6 +25,7 @@ import cutout
 
 DEFAULT_LANDMARKER_MODEL = Path(__file__).resolve().parent / "pretrained" / "face_landmarker.task"
 MAX_FACES = 4  # several faces are detected so the largest can be chosen
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
 class ImageDecodeError(ValueError):

@@ -45,7 +45,7 @@ import numpy as np
 import cutout
 from atomic_files import (atomic_directory, remove_stale_temporaries, sha256_of_file,
                           write_bytes_atomic, write_json_atomic, write_text_atomic)
-from face_images import (DEFAULT_LANDMARKER_MODEL, FaceInputs, FaceLandmarkDetector,
+from face_images import (DEFAULT_LANDMARKER_MODEL, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector,
                          ImageDecodeError, LandmarkerModelError, NoFaceError, face_inputs, read_image)
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
@@ -57,7 +57,6 @@ ALIGNED_FACE_NAME = "aligned_face"
 ADAFACE_INPUT_FILE = "adaface_input.pt"
 LANDMARKS_FILE = "landmarks.npy"
 FORMAT_VERSION = 1
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 CHUNK_SIZE = 8  # photos per task handed to a worker
 CONTACT_THUMB_PX = 96
 CONTACT_ROWS_PER_PAGE = 25

@@ -32,9 +32,8 @@ import torch
 from atomic_files import write_bytes_atomic
 from combined_model import CheckpointMismatchError, TwinVerificationModel, default_adaface_checkpoint
 from cutout import PART_NAMES
-from face_images import (DEFAULT_LANDMARKER_MODEL, FaceInputs, FaceLandmarkDetector, ImageDecodeError,
+from face_images import (DEFAULT_LANDMARKER_MODEL, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector, ImageDecodeError,
                          NoFaceError, face_inputs, read_image)
-from face_parts_extractor import IMAGE_SUFFIXES
 from face_parts_model import part_encoder_input
 from net import AdaFaceCheckpointError, IRBackbone, adaface_input_tensor, load_adaface
 

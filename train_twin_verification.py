@@ -13,7 +13,6 @@ metrics.jsonl) and cache/ (AdaFace embeddings: the frozen branch runs once per i
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -24,14 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 import distributed
+import model_runner as runner
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
 from combined_model import TwinVerificationModel
 from cutout import PART_NAMES
-from face_parts_model import part_encoder_input
 from train_config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
 from triplet_dataset import (DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset, TripletDataset, curriculum_stage,
                              draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
@@ -73,46 +71,6 @@ def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
 
 # ---- set-up ----------------------------------------------------------------------------
 
-def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    precision = config.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def uses_channels_last(config: TrainConfig, device: torch.device) -> bool:
-    return config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
-
-
-def build_model(config: TrainConfig) -> TwinVerificationModel:
-    torch.manual_seed(config.seed)  # the part encoders' and projection's initial weights
-    return TwinVerificationModel(
-        adaface_arch=config.adaface_arch, face_parts_embedding_dim=config.face_parts_embedding_dim,
-        part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
-        adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights)
-
-
-def loader(dataset, config: TrainConfig, device: torch.device, batch_size: int) -> DataLoader:
-    workers = config.num_workers
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
-                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
-                      persistent_workers=False)
-
-
-def parts_to_device(parts_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
-    """`B×5×3×S×S` uint8 RGB crops → {part: normalised float B×3×S×S} on `device`."""
-    parts_uint8 = parts_uint8.to(device, non_blocking=True)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    return {name: part_encoder_input(parts_uint8[:, k]).contiguous(memory_format=memory_format)
-            for k, name in enumerate(PART_NAMES)}
-
-
 def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: TrainConfig,
                  context: distributed.Context, cache_dir: Path) -> torch.Tensor:
     """AdaFace embeddings `N×V×512` of every image (view 0 plain, then augmented views).
@@ -130,30 +88,11 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
     if context.is_main:
         cached = torch.load(path, weights_only=True) if path.exists() else None
         if cached is None or cached["key"] != key:
-            embeddings = adaface_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
-                                            config, context.device)
+            embeddings = runner.global_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
+                                                  config.seed, context.device, config.num_workers, config.progress)
             torch_save_atomic({"key": key, "embeddings": embeddings}, path)
     distributed.barrier(context)
     return torch.load(path, weights_only=True)["embeddings"]
-
-
-@torch.no_grad()
-def adaface_embeddings(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
-                       augmented_views: int, config: TrainConfig, device: torch.device) -> torch.Tensor:
-    """AdaFace features `len(numbers)×(1+augmented_views)×512` of chosen images, in float32."""
-    views = 1 + augmented_views
-    dataset = torch.utils.data.Subset(FaceViewDataset(index, augmented_views, config.seed), numbers.tolist())
-    model.adaface.to(device)
-    rows = [model.embed_global(faces.to(device).flatten(0, 1)).float().cpu().view(len(faces), views, -1)
-            for faces in _progress(loader(dataset, config, device, 32), config, "AdaFace embeddings")]
-    return torch.cat(rows) if rows else torch.zeros((0, views, 512))
-
-
-def _progress(iterable, config: TrainConfig, description: str, total: int | None = None):
-    from tqdm import tqdm
-
-    return tqdm(iterable, desc=description, total=total, disable=not config.progress,
-                dynamic_ncols=True, leave=False)
 
 
 # ---- one epoch of training --------------------------------------------------------------
@@ -162,22 +101,23 @@ def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache,
                     context: distributed.Context, epoch: int, writer, global_step: int) -> dict[str, Any]:
     """Train on this process's share of the epoch's triplets; returns the epoch's statistics."""
     device = context.device
-    dtype = autocast_dtype(config, device)
-    channels_last = uses_channels_last(config, device)
+    dtype = runner.autocast_dtype(config.precision, device)
+    channels_last = runner.uses_channels_last(config.channels_last, device)
     positions = np.arange(context.rank, len(triplets) - len(triplets) % context.world_size, context.world_size)
     dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
-    batches = loader(torch.utils.data.Subset(dataset, positions.tolist()), config, device, config.batch_size)
+    batches = runner.make_loader(torch.utils.data.Subset(dataset, positions.tolist()), config.batch_size,
+                                 config.num_workers, device)
     model.train()
     totals = torch.zeros(4, dtype=torch.float64)  # loss·n, active, twin negatives, n
     data_seconds = compute_seconds = 0.0
     first_batch = True
     tick = time.perf_counter()
-    for batch in _progress(batches, config, f"epoch {epoch + 1}/{config.num_epochs}"):
+    for batch in runner.progress_bar(batches, config.progress, f"epoch {epoch + 1}/{config.num_epochs}"):
         ready = time.perf_counter()
         size = len(batch["twin_negative"])
-        parts = parts_to_device(torch.cat([batch[f"{r}_parts"] for r in ROLES]), device, channels_last)
+        parts = runner.parts_to_device(torch.cat([batch[f"{r}_parts"] for r in ROLES]), device, channels_last)
         global_embedding = torch.cat([batch[f"{r}_global"] for r in ROLES]).to(device, non_blocking=True)
-        with autocast(device, dtype):
+        with runner.autocast(device, dtype):
             embedding = model(None, parts, global_embedding=global_embedding).embedding
         loss, per_triplet = triplet_loss(*embedding.split(size), margin=config.triplet_margin)
         step_loss = distributed.sum_across(loss.detach().reshape(1), context) / context.world_size
@@ -227,23 +167,6 @@ def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
 
 # ---- validation -----------------------------------------------------------------------------
 
-@torch.no_grad()
-def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
-                 global_embeddings: torch.Tensor, config: TrainConfig, context: distributed.Context,
-                 batch_size: int = 64) -> np.ndarray:
-    """Final embeddings of chosen images (each computed once; shared out over processes)."""
-    model.eval()
-    device, dtype = context.device, autocast_dtype(config, context.device)
-    mine = numbers[context.rank::context.world_size]
-    rows = []
-    for batch in loader(ImageDataset(index, mine), config, device, batch_size):
-        parts = parts_to_device(batch["parts"], device, uses_channels_last(config, device))
-        with autocast(device, dtype):
-            rows.append(model(None, parts, global_embedding=global_embeddings[batch["image"]].to(device)).embedding)
-    local = torch.cat(rows) if rows else torch.zeros((0, model.config.embedding_dim), device=device)
-    return distributed.gather_rows(local.float(), len(numbers), context).cpu().numpy()
-
-
 class Validator:
     """Fixed validation pairs and triplets; scores the model on them every epoch."""
 
@@ -267,7 +190,11 @@ class Validator:
             self.triplets = None  # too few people for a validation loss; the EERs remain
 
     def __call__(self, model, global_embeddings, context) -> dict[str, Any]:
-        embeddings = embed_images(model, self.index, self.numbers, global_embeddings, self.config, context)
+        config = self.config
+        embeddings = runner.embed_images(
+            model, self.index, self.numbers, global_embeddings, context,
+            runner.autocast_dtype(config.precision, context.device),
+            runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
         result = {"val_loss": None}
         if self.triplets is not None:
             anchor, positive, negative = (torch.from_numpy(embeddings[c]) for c in self.triplets)
@@ -330,10 +257,10 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
     distributed.barrier(context)
     split = load_or_make_split(output / "split.json", index, config.train_split, config.test_split, config.seed)
 
-    model = build_model(config)
+    model = runner.build_model(config)
     cache = global_cache(model, index, config, context, output / "cache")
     model.to(context.device)
-    if uses_channels_last(config, context.device):
+    if runner.uses_channels_last(config.channels_last, context.device):
         model.face_parts.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -344,7 +271,8 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
-    scaler = torch.amp.GradScaler(context.device.type, enabled=autocast_dtype(config, context.device) == torch.float16)
+    scaler = torch.amp.GradScaler(context.device.type, 
+                                enabled=runner.autocast_dtype(config.precision, context.device) == torch.float16)
 
     state = {"epoch": 0, "global_step": 0, "history": [], "best": None, "epochs_without_improvement": 0,
              "finished": None}

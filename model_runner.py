@@ -1,0 +1,112 @@
+"""Running the twin model over images: devices, precision, loaders and the embedding loops.
+
+Training, evaluation and the benchmarks share this module. Functions take plain
+arguments (device, autocast dtype, loader workers), never a whole run config, so any
+script can call them with what it has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+import distributed
+from combined_model import TwinVerificationModel
+from cutout import PART_NAMES
+from face_parts_model import part_encoder_input
+from triplet_dataset import FaceDataIndex, FaceViewDataset, ImageDataset
+
+GLOBAL_BATCH_SIZE = 32
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting (`auto`, `fp32`, `bf16`, `fp16`) on `device`.
+
+    `auto` is bf16 where the GPU computes it natively, fp16 (with a GradScaler) on GPUs that
+    would only emulate bf16, and fp32 on the CPU. Emulated bf16 is slower than fp16 and
+    gains nothing, so it is never chosen automatically.
+    """
+    if precision == "auto":
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def uses_channels_last(setting: str, device: torch.device) -> bool:
+    """`on`, `off`, or `auto` (on for CUDA, where cuDNN prefers NHWC)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+def make_loader(dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,
+                      persistent_workers=False)
+
+
+def parts_to_device(parts_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
+    """`B×5×3×S×S` uint8 RGB crops → {part: normalised float B×3×S×S} on `device`."""
+    parts_uint8 = parts_uint8.to(device, non_blocking=True)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return {name: part_encoder_input(parts_uint8[:, k]).contiguous(memory_format=memory_format)
+            for k, name in enumerate(PART_NAMES)}
+
+
+def progress_bar(iterable, enabled: bool, description: str, total: int | None = None):
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=description, total=total, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+@torch.no_grad()
+def global_embeddings(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
+                      augmented_views: int, seed: int, device: torch.device, workers: int,
+                      progress: bool = False) -> torch.Tensor:
+    """Frozen global-branch features `len(numbers)×(1+augmented_views)×D` of chosen images, float32."""
+    views = 1 + augmented_views
+    dataset = torch.utils.data.Subset(FaceViewDataset(index, augmented_views, seed), numbers.tolist())
+    model.adaface.to(device)
+    rows = [model.embed_global(faces.to(device).flatten(0, 1)).float().cpu().view(len(faces), views, -1)
+            for faces in progress_bar(make_loader(dataset, GLOBAL_BATCH_SIZE, workers, device), progress,
+                                      "global embeddings")]
+    return torch.cat(rows) if rows else torch.zeros((0, views, 512))
+
+
+@torch.no_grad()
+def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
+                 global_embeddings_all: torch.Tensor, context: distributed.Context, dtype: torch.dtype | None,
+                 channels_last: bool, workers: int, batch_size: int = 64) -> np.ndarray:
+    """Final embeddings of chosen images (each computed once; shared out over processes).
+
+    `global_embeddings_all`: the cached global features of every image of `index`, row `i`
+    for image `i`.
+    """
+    model.eval()
+    device = context.device
+    mine = numbers[context.rank::context.world_size]
+    rows = []
+    for batch in make_loader(ImageDataset(index, mine), batch_size, workers, device):
+        parts = parts_to_device(batch["parts"], device, channels_last)
+        with autocast(device, dtype):
+            rows.append(model(None, parts, global_embedding=global_embeddings_all[batch["image"]].to(device)).embedding)
+    local = torch.cat(rows) if rows else torch.zeros((0, model.config.embedding_dim), device=device)
+    return distributed.gather_rows(local.float(), len(numbers), context).cpu().numpy()
+
+
+def build_model(config) -> TwinVerificationModel:
+    """The model a training config describes (`config`: a `TrainConfig`), seeded by its seed."""
+    torch.manual_seed(config.seed)  # the part encoders' and projection's initial weights
+    return TwinVerificationModel(
+        adaface_arch=config.adaface_arch, face_parts_embedding_dim=config.face_parts_embedding_dim,
+        part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
+        adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights)
