@@ -26,7 +26,7 @@ import torch
 import distributed
 from synthetic_extraction import write_synthetic_extraction
 from train_config import TrainConfig
-from model_runner import build_model, uses_channels_last
+from model_runner import autocast_dtype, build_model, grad_scaler, uses_channels_last
 from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, Triplets, draw_triplets
 
@@ -56,7 +56,7 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
         model.face_parts.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    scaler = grad_scaler(device, autocast_dtype(config.precision, device))
     cache = torch.randn(len(index.images), 1, 512)
     run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, index,
                                         repeated_triplets(index, count * batch_size), cache,

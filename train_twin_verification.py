@@ -62,6 +62,17 @@ def learning_rate_factor(step: int, total_steps: int, warmup_steps: int) -> floa
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def rank_positions(triplet_count: int, rank: int, world_size: int) -> np.ndarray:
+    """The triplets one process trains on: every `world_size`-th, with the remainder dropped so
+    that every process runs the same number of steps."""
+    return np.arange(rank, triplet_count - triplet_count % world_size, world_size)
+
+
+def epoch_steps(triplet_count: int, world_size: int, batch_size: int) -> int:
+    """Optimiser steps per epoch on each process: batches of `rank_positions` (the last may be short)."""
+    return -(-(triplet_count // world_size) // batch_size)
+
+
 def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
     """What early stopping and best.pth follow: the twin EER (general EER if there are no twins)."""
     if validation["twin_eer"] is not None:
@@ -103,7 +114,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache,
     device = context.device
     dtype = runner.autocast_dtype(config.precision, device)
     channels_last = runner.uses_channels_last(config.channels_last, device)
-    positions = np.arange(context.rank, len(triplets) - len(triplets) % context.world_size, context.world_size)
+    positions = rank_positions(len(triplets), context.rank, context.world_size)
     dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
     batches = runner.make_loader(torch.utils.data.Subset(dataset, positions.tolist()), config.batch_size,
                                  config.num_workers, device)
@@ -264,20 +275,22 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
         model.face_parts.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(epoch_triplets(index, split["train"], config.negative_strategy,
-                                            config.twin_negative_fraction, config.curriculum_switch_epoch,
-                                            config.seed, 0)) // context.world_size // config.batch_size)
+    steps_per_epoch = epoch_steps(len(epoch_triplets(index, split["train"], config.negative_strategy,
+                                                     config.twin_negative_fraction, config.curriculum_switch_epoch,
+                                                     config.seed, 0)), context.world_size, config.batch_size)
     total_steps = steps_per_epoch * config.num_epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
-    scaler = torch.amp.GradScaler(context.device.type, 
-                                enabled=runner.autocast_dtype(config.precision, context.device) == torch.float16)
+    scaler = runner.grad_scaler(context.device, runner.autocast_dtype(config.precision, context.device))
 
     state = {"epoch": 0, "global_step": 0, "history": [], "best": None, "epochs_without_improvement": 0,
              "finished": None}
     if latest_path.exists():
-        saved = torch.load(latest_path, map_location=context.device, weights_only=True)
+        # Read to the CPU whatever device wrote it: the model copies its weights to its own
+        # device, the optimiser casts its state to its parameters' device, and the RNG state
+        # must be a CPU ByteTensor.
+        saved = torch.load(latest_path, map_location="cpu", weights_only=True)
         check_resumable(saved["config"], config, latest_path)
         model.load_state_dict(saved["model_state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
