@@ -47,22 +47,26 @@ def part_encoder_input(crops_rgb: torch.Tensor | np.ndarray) -> torch.Tensor:
     return (crops_rgb.float() / 255.0 - mean) / std
 
 
-def imagenet_weights_file(backbone: str) -> Path:
-    """The torchvision ImageNet weight file for `backbone` in the local torch cache.
+def imagenet_state_dict(backbone: str, progress: bool = True) -> tuple[dict[str, torch.Tensor], str]:
+    """torchvision's ImageNet weights for `backbone`, and where they came from.
 
-    Any released version present is used (the newest first). The files cannot be
-    downloaded from inside this program: a missing one is an error saying where it goes.
+    Through torchvision's weight API: a released version already in the torch cache
+    (`$TORCH_HOME/hub/checkpoints`, newest first) is used as is; otherwise the default
+    version is downloaded there, its sha256 checked against the file name's prefix.
+    Without a connection the error says which file to put where.
     """
     checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
     versions = list(_TORCHVISION_WEIGHTS[backbone])[::-1]
-    for version in versions:
-        candidate = checkpoints / os.path.basename(version.url)
-        if candidate.is_file():
-            return candidate
-    expected = checkpoints / os.path.basename(versions[0].url)
-    raise PartWeightsError(
-        f"ImageNet weights for {backbone} not found: put {versions[0].url} at {expected} "
-        "(torchvision's cache), or choose --part-weights none or a weight file path")
+    cached = [v for v in versions if (checkpoints / os.path.basename(v.url)).is_file()]
+    chosen = cached[0] if cached else _TORCHVISION_WEIGHTS[backbone].DEFAULT
+    target = checkpoints / os.path.basename(chosen.url)
+    try:
+        state = chosen.get_state_dict(progress=progress, check_hash=True, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as error:  # no connection, refused, or a file with the wrong hash
+        raise PartWeightsError(
+            f"ImageNet weights for {backbone} could not be downloaded ({error}): put {chosen.url} at {target} "
+            "(torchvision's cache), or choose --part-weights none or a weight file path") from None
+    return state, str(target)
 
 
 def build_trunk(backbone: str) -> tuple[nn.Module, int]:
@@ -93,12 +97,12 @@ def load_trunk_weights(trunk: nn.Module, backbone: str, weights: str) -> None:
     if weights == "imagenet":
         if backbone == "tiny":
             raise PartWeightsError("the tiny backbone has no ImageNet weights; use --part-weights none")
-        path = imagenet_weights_file(backbone)
+        state, path = imagenet_state_dict(backbone)
     else:
         path = Path(weights)
-    if not path.is_file():
-        raise PartWeightsError(f"{path}: part-encoder weight file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        if not path.is_file():
+            raise PartWeightsError(f"{path}: part-encoder weight file not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # ImageNet classifier
     result = trunk.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -54,8 +54,8 @@ class TrainConfig:
     adaface_checkpoint: str = _key("AdaFace weights file, or 'none' for an untrained global branch "
                                    "(demos only)", default="pretrained/adaface_ir50_ms1mv2.ckpt")
     part_backbone: str = _key("part encoder network", default="resnet50", metadata={"choices": PART_BACKBONES})
-    part_weights: str = _key("part encoder initialisation: imagenet (torchvision's file in the torch "
-                             "cache), none, or a weight file", default="imagenet")
+    part_weights: str = _key("part encoder initialisation: imagenet (torchvision's weights, downloaded "
+                             "once into the torch cache), none, or a weight file", default="imagenet")
     hidden_dim: int = _key("hidden width of the projection", default=512)
     embedding_dim: int = _key("final embedding size", default=256)
     # --- data ---

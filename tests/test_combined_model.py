@@ -1,5 +1,7 @@
 """The twin model: shapes, frozen global branch, input contracts, checkpoints."""
 
+import urllib.error
+
 import numpy as np
 import pytest
 import torch
@@ -146,11 +148,52 @@ def test_missing_adaface_file_says_where_it_goes(tmp_path, monkeypatch):
         TwinVerificationModel(**TINY)
 
 
-def test_imagenet_weights_missing_is_a_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    with pytest.raises(PartWeightsError, match="resnet18-"):
+def _offline(url, destination, hash_prefix=None, progress=True):
+    raise urllib.error.URLError("no network in tests")
+
+
+def test_imagenet_weights_offline_and_not_cached_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    expected = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(PartWeightsError, match=f"no network in tests.*put https://.*resnet18-f37072fd.pth at "
+                                               f"{expected}"):
         TwinVerificationModel(**{**TINY, "part_backbone": "resnet18"}, adaface_checkpoint=None,
                               part_weights="imagenet")
+
+
+def test_imagenet_weights_in_torch_home_are_used_without_a_download(monkeypatch, tmp_path):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    reference = torchvision.models.resnet18(weights=None)
+    torch.save(reference.state_dict(), tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+    model = TwinVerificationModel(**{**TINY, "part_backbone": "resnet18"}, adaface_checkpoint=None,
+                                  part_weights="imagenet")
+    assert torch.equal(model.face_parts.encoders["nose"].trunk.conv1.weight, reference.conv1.weight)
+
+
+def test_imagenet_weights_are_downloaded_into_the_cache_with_a_hash_check(monkeypatch, tmp_path):
+    """The default choice downloads torchvision's file once (the hash prefix of its name is
+    checked), and later models read the cached copy."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    reference = torchvision.models.resnet18(weights=None)
+    downloads = []
+
+    def download(url, destination, hash_prefix=None, progress=True):
+        downloads.append((url, hash_prefix))
+        torch.save(reference.state_dict(), destination)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    model = TwinVerificationModel(**{**TINY, "part_backbone": "resnet18"}, adaface_checkpoint=None,
+                                  part_weights="imagenet")
+    assert downloads == [(torchvision.models.ResNet18_Weights.DEFAULT.url, "f37072fd")]  # once for five parts
+    assert (tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth").is_file()
+    assert torch.equal(model.face_parts.encoders["chin"].trunk.conv1.weight, reference.conv1.weight)
 
 
 def test_imagenet_weights_load_from_the_torch_cache(monkeypatch, tmp_path):
