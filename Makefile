@@ -25,5 +25,10 @@ test: setup
 demo: setup
 	$(PY) run_demo.py
 
+# Extraction throughput on the sample photos; e.g. `make bench BENCH_ARGS="--repeat 4 --workers 1"`.
+BENCH_ARGS ?=
 bench: setup
-	$(PY) benchmarks/bench_extraction.py
+	$(PY) benchmark_extraction.py $(BENCH_ARGS)
+
+clean-demo:
+	rm -rf demo_output

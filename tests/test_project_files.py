@@ -1,0 +1,63 @@
+"""The Makefile's targets and the pinned requirements match the code that is there."""
+
+import ast
+import re
+import subprocess
+import sys
+from importlib.metadata import packages_distributions
+
+from conftest import REPO
+
+# Pinned although never imported by name: what uses them.
+USED_WITHOUT_IMPORT = {"onnxscript": "torch.onnx.export(dynamo=True) in export_onnx.py",
+                       "pytest": "runs the test suite"}
+
+
+def makefile_rules() -> tuple[set[str], dict[str, list[str]]]:
+    phony, recipes, target = set(), {}, None
+    for line in (REPO / "Makefile").read_text().splitlines():
+        if line.startswith(".PHONY:"):
+            phony.update(line.split(":", 1)[1].split())
+        elif re.match(r"^[A-Za-z$(][^=\t]*:(?!=)", line) and not line.startswith("."):
+            target = line.split(":", 1)[0].strip()
+            recipes[target] = []
+        elif line.startswith("\t") and target is not None:
+            recipes[target].append(line.strip())
+    return phony, recipes
+
+
+def test_every_phony_target_has_a_rule():
+    phony, recipes = makefile_rules()
+    assert phony and phony <= set(recipes), sorted(phony - set(recipes))
+
+
+def test_every_script_a_make_target_runs_exists_and_answers_help():
+    _, recipes = makefile_rules()
+    scripts = {script for lines in recipes.values() for line in lines
+               for script in re.findall(r"\$\(PY\) ([\w/.-]+\.py)", line)}
+    assert "benchmark_extraction.py" in scripts  # make bench
+    for script in sorted(scripts):
+        assert (REPO / script).is_file(), script
+        result = subprocess.run([sys.executable, str(REPO / script), "--help"], capture_output=True, text=True,
+                                cwd=REPO, timeout=120)
+        assert result.returncode == 0, (script, result.stderr[-2000:])
+
+
+def imported_top_level_modules() -> set[str]:
+    modules = set()
+    for path in [*REPO.glob("*.py"), *REPO.glob("tests/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_every_pinned_package_is_used():
+    pinned = {line.split("==")[0].strip().lower() for line in (REPO / "requirements.txt").read_text().splitlines()
+              if "==" in line and not line.startswith("#")}
+    distribution_of = packages_distributions()
+    used = {dist.lower() for module in imported_top_level_modules() for dist in distribution_of.get(module, [])}
+    unused = sorted(pinned - used - set(USED_WITHOUT_IMPORT))
+    assert not unused, f"pinned but never imported: {unused}"
