@@ -138,10 +138,14 @@ class FaceLandmarkDetector:
 
     def detect_largest(self, rgb: np.ndarray, name: str = "<image>") -> np.ndarray:
         """Landmarks of the largest face; `NoFaceError` when there is none."""
+        return self.detect_largest_counted(rgb, name)[0]
+
+    def detect_largest_counted(self, rgb: np.ndarray, name: str = "<image>") -> tuple[np.ndarray, int]:
+        """Landmarks of the largest face and how many faces were found (up to `max_faces`)."""
         faces = self.detect_all(rgb)
         if not faces:
             raise NoFaceError(f"{name}: no face found")
-        return faces[cutout.largest_face(faces)]
+        return faces[cutout.largest_face(faces)], len(faces)
 
     def close(self) -> None:
         if self._landmarker is not None:

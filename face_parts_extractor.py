@@ -18,6 +18,8 @@ never leaves a folder that looks finished; a rerun skips finished folders. Index
     face_parts_dataset.json   {person: {image key: {part: path}}}
     tensor_dataset.json       {person: [path of adaface_input.pt, ...]}
     failures.csv              path, person, reason (one line per photo that failed)
+    warnings.csv              path, person, faces, warning (photos with several faces: the
+                              largest was used)
     contact_sheet_NN.png      aligned face + five parts per row, for a visual check
 
 Exit status: 0 when every photo succeeded, 3 when some failed (listed in failures.csv),
@@ -36,7 +38,7 @@ import os
 import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -52,6 +54,8 @@ EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
 PARTS_INDEX = "face_parts_dataset.json"
 TENSOR_INDEX = "tensor_dataset.json"
 FAILURES_REPORT = "failures.csv"
+WARNINGS_REPORT = "warnings.csv"
+DETECTION_FILE = "detection.json"  # per photo: how many faces the landmarker found
 SETTINGS_FILE = "extraction.json"
 ALIGNED_FACE_NAME = "aligned_face"
 ADAFACE_INPUT_FILE = "adaface_input.pt"
@@ -94,6 +98,8 @@ class ExtractionSummary:
     done_before: int
     extracted: int
     failures: list[tuple[str, str, str]]  # (path, person, reason)
+    warnings: list[tuple[str, str, int]] = field(default_factory=list)  # (path, person, faces) of photos
+    # in which several faces were found (the largest was used)
 
     @property
     def exit_status(self) -> int:
@@ -183,16 +189,17 @@ def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> Non
     np.save(folder / LANDMARKS_FILE, face.landmarks_px)
 
 
-def find_face(job: ImageJob, detector: FaceLandmarkDetector) -> tuple[np.ndarray, np.ndarray] | str:
-    """Decode the photo and find its landmarks: `(rgb, landmarks)`, or why that failed."""
+def find_face(job: ImageJob, detector: FaceLandmarkDetector) -> tuple[np.ndarray, np.ndarray, int] | str:
+    """Decode the photo and find its largest face: `(rgb, landmarks, faces found)`, or why that failed."""
     try:
         rgb = read_image(job.source)
-        return rgb, detector.detect_largest(rgb, str(job.source))
+        return rgb, *detector.detect_largest_counted(rgb, str(job.source))
     except (ImageDecodeError, NoFaceError) as error:
         return str(error).removeprefix(f"{job.source}: ")
 
 
-def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, settings: ExtractionSettings) -> str | None:
+def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, faces_found: int,
+              settings: ExtractionSettings) -> str | None:
     """Cut and write one face's outputs as a finished folder; None, or why that failed."""
     try:
         face = face_inputs(rgb, landmarks, settings.crop_size_px)
@@ -200,6 +207,8 @@ def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, settings: E
         return f"unusable landmarks ({error})"
     with atomic_directory(job.output) as folder:
         write_face_outputs(folder, face, settings.image_format)
+        # Kept with the photo, so that a rerun (which skips finished photos) still reports it.
+        (folder / DETECTION_FILE).write_text(json.dumps({"faces_found": faces_found}))
     return None
 
 
@@ -319,6 +328,27 @@ def write_contact_sheets(jobs: list[ImageJob], output_dir: Path, suffix: str, ma
     return pages
 
 
+def several_faces(jobs: list[ImageJob]) -> list[tuple[str, str, int]]:
+    """`(path, person, faces found)` of finished photos in which more than one face was found."""
+    found = []
+    for job in jobs:
+        record = job.output / DETECTION_FILE
+        if record.is_file():  # folders from before this record existed have none
+            count = int(json.loads(record.read_text())["faces_found"])
+            if count > 1:
+                found.append((str(job.source), job.person_id, count))
+    return found
+
+
+def write_warnings(path: Path, warnings: list[tuple[str, str, int]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "person", "faces", "warning"])
+    writer.writerows([source, person, count, f"{count} faces found; the largest was used"]
+                     for source, person, count in sorted(warnings))
+    write_text_atomic(path, buffer.getvalue())
+
+
 def write_failures(path: Path, failures: list[tuple[str, str, str]]) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -372,10 +402,12 @@ def extract_dataset(dataset: dict[str, list[str]], dataset_dir: Path, output_dir
         write_json_atomic(output_dir / PARTS_INDEX, parts_index)
         write_json_atomic(output_dir / TENSOR_INDEX, tensor_index)
         write_failures(output_dir / FAILURES_REPORT, failures)
+        warnings = several_faces(jobs)
+        write_warnings(output_dir / WARNINGS_REPORT, warnings)
     if contact_sheet_images > 0:
         write_contact_sheets(jobs, output_dir.resolve(), settings.suffix, contact_sheet_images)
     return ExtractionSummary(total=len(jobs), done_before=len(jobs) - len(todo),
-                             extracted=len(todo) - len(failures), failures=failures)
+                             extracted=len(todo) - len(failures), failures=failures, warnings=warnings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(summary.failures)} failed"
           + (f" (listed in {args.output_dir / FAILURES_REPORT})" if summary.failures else "")
           + f"; outputs in {args.output_dir}")
+    if summary.warnings:
+        print(f"warning: {len(summary.warnings)} photos show several faces; the largest was used "
+              f"(listed in {args.output_dir / WARNINGS_REPORT})", file=sys.stderr)
     return summary.exit_status
 
 

@@ -213,6 +213,27 @@ def test_largest_of_several_faces_is_used(shared_faces, detector):
     assert chosen[:, 0].min() > small.shape[1]  # the face in the bigger photo
 
 
+def test_photos_with_several_faces_are_listed_with_their_count(shared_faces, landmarker_model, tmp_path, capsys):
+    """The largest face is used, and the report says so for that photo, also after a rerun."""
+    big = read_image(shared_faces / "obama" / "obama2.jpg")
+    small = cv2.resize(read_image(shared_faces / "franck" / "franck_01829.jpg"), None, fx=0.5, fy=0.5)
+    canvas = np.full((max(big.shape[0], small.shape[0]), big.shape[1] + small.shape[1], 3), 128, np.uint8)
+    canvas[:small.shape[0], :small.shape[1]] = small
+    canvas[:big.shape[0], small.shape[1]:] = big
+    (tmp_path / "photos" / "obama").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "photos" / "obama" / "two_faces.jpg"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "photos" / "obama" / "one_face.jpg"), cv2.cvtColor(big, cv2.COLOR_RGB2BGR))
+    arguments = ["--image-folder", str(tmp_path / "photos"), "--output-dir", str(tmp_path / "out"), "--crop-size",
+                 str(CROP), "--landmarker-model", str(landmarker_model), "--no-progress", "--contact-sheet", "0"]
+    for attempt in range(2):  # the second run skips both photos but still reports the first
+        assert extractor.main(arguments) == extractor.EXIT_OK
+        with open(tmp_path / "out" / extractor.WARNINGS_REPORT, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        assert [(Path(r["path"]).name, r["person"], r["faces"]) for r in rows] == [("two_faces.jpg", "obama", "2")]
+        assert "largest" in rows[0]["warning"]
+        assert "1 photos show several faces" in capsys.readouterr().err
+
+
 def test_two_workers_match_one(copy_photos, landmarker_model, tmp_path):
     photos = copy_photos({"obama": ["obama.jpg", "obama2.jpg"], "franck": ["franck_01829.jpg"]})
     dataset = extractor.dataset_from_folders(photos)
