@@ -62,7 +62,8 @@ def split_embeddings(model, index, persons, global_all, config, context) -> dict
     """Both models' embeddings of every image of `persons`, and their verification pairs."""
     numbers = np.array(sorted(i for p in persons for i in index.images_of[p]), dtype=np.int64)
     person_number = {p: k for k, p in enumerate(index.persons)}
-    twins = {person_number[a]: person_number[b] for a, b in index.twin_of.items()}
+    twins = {person_number[a]: [person_number[s] for s in siblings]
+             for a, siblings in index.siblings_of.items()}
     pairs = vp.verification_pairs(index.person_of_image[numbers], twins, config.max_general_impostor_pairs,
                                   np.random.default_rng([config.seed, 6]))
     combined = runner.embed_images(model, index, numbers, global_all, context,

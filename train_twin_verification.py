@@ -186,7 +186,8 @@ class Validator:
         self.numbers = np.array(sorted(i for p in persons for i in index.images_of[p]), dtype=np.int64)
         position = {int(n): k for k, n in enumerate(self.numbers)}
         person_number = {p: k for k, p in enumerate(index.persons)}
-        twin_numbers = {person_number[a]: person_number[b] for a, b in index.twin_of.items()}
+        twin_numbers = {person_number[a]: [person_number[s] for s in siblings]
+                        for a, siblings in index.siblings_of.items()}
         self.pairs = vp.verification_pairs(index.person_of_image[self.numbers], twin_numbers,
                                            config.max_general_impostor_pairs, np.random.default_rng([config.seed, 5]))
         kinds = set(self.pairs.kind.tolist())

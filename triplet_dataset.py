@@ -1,9 +1,10 @@
 """Training data: the extractor's index files, identity splits, twin-aware triplets, augmentation.
 
 - Images come from `face_parts_dataset.json` and `tensor_dataset.json` (relative paths
-  resolve against each index file's folder); twins from `twin_pairs.json`.
-- Splits are by *family*: a twin pair, or a person without a twin. Both twins always
-  land on the same side, so no identity seen in training appears in validation or test.
+  resolve against each index file's folder); twins (or larger sets of siblings, such as
+  triplets) from `twin_pairs.json`.
+- Splits are by *family*: a sibling group, or a person without a sibling. A group always
+  lands on one side, so no identity seen in training appears in validation or test.
 - Which triplets an epoch draws, and how each sample is augmented, are functions of
   `(seed, epoch)` only: a resumed run sees exactly what an uninterrupted one would.
 - Loaders return uint8 RGB part crops (`…×3×S×S`) and cached global embeddings; the
@@ -50,29 +51,36 @@ def _read_json(path: Path, what: str):
         raise DataIndexError(f"{path}: {what} is not valid JSON ({error})") from None
 
 
-def load_twin_pairs(path: Path) -> list[tuple[str, str]]:
-    """`[[id_a, id_b], ...]`; each identity in at most one pair."""
+def load_twin_pairs(path: Path) -> list[tuple[str, ...]]:
+    """`[[id_a, id_b], [id_c, id_d, id_e], ...]`: twin pairs, or groups of identical siblings
+    (triplets, quadruplets); each identity in at most one group."""
     data = _read_json(path, "twin pairs file")
     if not isinstance(data, list):
-        raise DataIndexError(f"{path}: expected a list of [id_a, id_b] pairs")
-    pairs, seen = [], set()
-    for number, pair in enumerate(data):
-        if (not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]
-                or not all(isinstance(p, (str, int)) for p in pair)):
-            raise DataIndexError(f"{path}: entry {number} must be two different identity ids, got {pair!r}")
-        a, b = str(pair[0]), str(pair[1])
-        for person in (a, b):
+        raise DataIndexError(f"{path}: expected a list of [id_a, id_b] pairs (or larger sibling groups)")
+    groups, seen = [], set()
+    for number, group in enumerate(data):
+        if (not isinstance(group, (list, tuple)) or len(group) < 2
+                or not all(isinstance(p, (str, int)) and not isinstance(p, bool) for p in group)
+                or len({str(p) for p in group}) != len(group)):
+            raise DataIndexError(f"{path}: entry {number} must be two or more different identity ids, "
+                                 f"got {group!r}")
+        members = tuple(str(p) for p in group)
+        for person in members:
             if person in seen:
-                raise DataIndexError(f"{path}: identity {person!r} appears in more than one twin pair")
+                raise DataIndexError(f"{path}: identity {person!r} appears in more than one twin pair or group")
             seen.add(person)
-        pairs.append((a, b))
-    return pairs
+        groups.append(members)
+    return groups
 
 
 class FaceDataIndex:
-    """Every extracted image with its person, part crops and AdaFace tensor; and the twins."""
+    """Every extracted image with its person, part crops and AdaFace tensor; and the siblings.
 
-    def __init__(self, images: list[ImageRecord], twin_pairs: list[tuple[str, str]]):
+    `siblings_of[p]`: p's twins (one for a twin pair, more for triplets and larger groups),
+    only those with images; people without any are absent.
+    """
+
+    def __init__(self, images: list[ImageRecord], twin_pairs: list[tuple[str, ...]]):
         self.images = images
         self.persons = sorted({record.person for record in images})
         person_number = {person: n for n, person in enumerate(self.persons)}
@@ -80,13 +88,14 @@ class FaceDataIndex:
         self.images_of = {person: [] for person in self.persons}
         for number, record in enumerate(images):
             self.images_of[record.person].append(number)
-        self.twin_of: dict[str, str] = {}
+        self.siblings_of: dict[str, tuple[str, ...]] = {}
         self.unmatched_twins: list[str] = []  # listed in twin_pairs.json but without images
-        for a, b in twin_pairs:
-            if a in self.images_of and b in self.images_of:
-                self.twin_of[a], self.twin_of[b] = b, a
-            else:
-                self.unmatched_twins += [p for p in (a, b) if p not in self.images_of]
+        for group in twin_pairs:
+            present = sorted(p for p in group if p in self.images_of)
+            self.unmatched_twins += [p for p in group if p not in self.images_of]
+            if len(present) >= 2:
+                for person in present:
+                    self.siblings_of[person] = tuple(p for p in present if p != person)
 
     @classmethod
     def load(cls, face_parts_dataset: Path, tensor_dataset: Path, twin_pairs: Path) -> "FaceDataIndex":
@@ -113,11 +122,11 @@ class FaceDataIndex:
         return cls(images, load_twin_pairs(twin_pairs))
 
     def families(self) -> list[tuple[str, ...]]:
-        """Twin pairs and twinless people, each once, in a fixed order."""
+        """Sibling groups and people without a sibling, each once, in a fixed order."""
         done, result = set(), []
         for person in self.persons:
             if person not in done:
-                family = tuple(sorted({person, self.twin_of.get(person, person)}))
+                family = tuple(sorted({person, *self.siblings_of.get(person, ())}))
                 done.update(family)
                 result.append(family)
         return result
@@ -125,7 +134,7 @@ class FaceDataIndex:
 
 def split_families(families: list[tuple[str, ...]], train_split: float, test_split: float,
                    seed: int) -> dict[str, list[str]]:
-    """Seeded split of families into train/val/test identity lists (twins never separated).
+    """Seeded split of families into train/val/test identity lists (siblings never separated).
 
     Validation and test get their share of families, and at least two identities each
     (so that they hold impostor pairs); training gets the rest.
@@ -185,8 +194,9 @@ def draw_triplets(index: FaceDataIndex, persons: list[str], strategy: str, twin_
                   rng: np.random.Generator) -> Triplets:
     """One triplet per anchor image (people with ≥ 2 images), in a shuffled order.
 
-    `strategy`: "random", "twin" (the anchor's twin, or a random person when it has
-    none in `persons`) or "mixed" (twin with probability `twin_fraction`).
+    `strategy`: "random", "twin" (the anchor's twin, a random one of them for triplets and
+    larger sibling groups, or a random person when it has none in `persons`) or "mixed"
+    (twin with probability `twin_fraction`).
     """
     members = [p for p in persons if p in index.images_of]
     member_set = set(members)
@@ -199,16 +209,16 @@ def draw_triplets(index: FaceDataIndex, persons: list[str], strategy: str, twin_
         person = index.images[anchor].person
         own = index.images_of[person]
         positive = own[(own.index(anchor) + 1 + rng.integers(len(own) - 1)) % len(own)]
-        twin = index.twin_of.get(person)
+        twins = [p for p in index.siblings_of.get(person, ()) if p in member_set]
         wants_twin = strategy == "twin" or (strategy == "mixed" and rng.random() < twin_fraction)
-        if wants_twin and twin in member_set:
-            negative_person = twin
+        if wants_twin and twins:
+            negative_person = twins[rng.integers(len(twins))] if len(twins) > 1 else twins[0]
         else:
             others = len(members) - 1
             pick = rng.integers(others)
             negative_person = members[pick + (pick >= members.index(person))]
         pool = index.images_of[negative_person]
-        rows.append((anchor, positive, pool[rng.integers(len(pool))], negative_person == twin))
+        rows.append((anchor, positive, pool[rng.integers(len(pool))], negative_person in twins))
     rows = [rows[i] for i in rng.permutation(len(rows))]
     columns = list(zip(*rows))
     return Triplets(*(np.array(c, dtype=np.int64) for c in columns[:3]), np.array(columns[3], dtype=bool))

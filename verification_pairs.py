@@ -1,13 +1,15 @@
 """Verification pairs of a set of images, and their metrics by impostor kind.
 
 Three kinds of pairs: genuine (two images of one person), twin impostor (a person and
-their twin), general impostor (any two other people). Twin and general impostors are
+their twin, or any sibling of a larger group such as triplets), general impostor (any two
+other people). Twin and general impostors are
 reported apart: a model can be excellent on the second and at chance on the first.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Collection, Mapping
 
 import numpy as np
 
@@ -38,37 +40,40 @@ def _upper_pairs(a: np.ndarray, b: np.ndarray | None = None) -> tuple[np.ndarray
     return np.repeat(a, len(b)), np.tile(b, len(a))
 
 
-def verification_pairs(person: np.ndarray, twin_of: dict[int, int], max_general: int,
+def verification_pairs(person: np.ndarray, siblings_of: Mapping[int, Collection[int]], max_general: int,
                        rng: np.random.Generator) -> Pairs:
     """Every genuine and twin pair, and all general pairs or a seeded sample of `max_general`.
 
-    `person[i]` is the identity number of image `i`; `twin_of` maps identity numbers.
+    `person[i]` is the identity number of image `i`; `siblings_of` maps an identity number
+    to those of its twins (one, or several for triplets and larger groups).
     """
     person = np.asarray(person)
+    siblings = {int(p): {int(s) for s in group} for p, group in siblings_of.items()}
+    is_sibling = lambda a, b: int(b) in siblings.get(int(a), ())
     groups = {p: np.flatnonzero(person == p) for p in np.unique(person)}
     firsts, seconds, kinds = [], [], []
     for p, members in groups.items():
         f, s = _upper_pairs(members)
         firsts.append(f), seconds.append(s), kinds.append(np.full(len(f), GENUINE))
-        twin = twin_of.get(int(p))
-        if twin is not None and twin in groups and p < twin:
-            f, s = _upper_pairs(members, groups[twin])
-            firsts.append(f), seconds.append(s), kinds.append(np.full(len(f), TWIN))
+        for twin in sorted(siblings.get(int(p), ())):
+            if twin in groups and p < twin:
+                f, s = _upper_pairs(members, groups[twin])
+                firsts.append(f), seconds.append(s), kinds.append(np.full(len(f), TWIN))
     sizes = np.array([len(m) for m in groups.values()], dtype=np.int64)
     n_twin = sum(len(k) for k in kinds if len(k) and k[0] == TWIN)
     general_total = int((sizes.sum() ** 2 - (sizes ** 2).sum()) // 2 - n_twin)
     if general_total <= max_general:
         for i in range(len(person)):  # all of them: person-block by person-block
             later = np.arange(i + 1, len(person))
-            keep = later[(person[later] != person[i]) & (person[later] != twin_of.get(int(person[i]), -1))]
+            related = [int(person[i]), *siblings.get(int(person[i]), ())]
+            keep = later[~np.isin(person[later], related)]
             firsts.append(np.full(len(keep), i)), seconds.append(keep), kinds.append(np.full(len(keep), GENERAL))
     else:
         chosen: set[tuple[int, int]] = set()
         while len(chosen) < max_general:
             i, j = rng.integers(len(person), size=(2, 2 * (max_general - len(chosen)) + 16))
             for a, b in zip(np.minimum(i, j), np.maximum(i, j)):
-                if (person[a] != person[b] and twin_of.get(int(person[a])) != int(person[b])
-                        and len(chosen) < max_general):
+                if person[a] != person[b] and not is_sibling(person[a], person[b]) and len(chosen) < max_general:
                     chosen.add((int(a), int(b)))
         sampled = np.array(sorted(chosen), dtype=np.int64)
         firsts.append(sampled[:, 0]), seconds.append(sampled[:, 1]), kinds.append(np.full(len(sampled), GENERAL))

@@ -21,8 +21,8 @@ def index(synthetic_data):
 
 def test_index_reads_images_people_and_twins(index):
     assert len(index.persons) == 9 and len(index.images) == 36
-    assert index.twin_of["f0a"] == "f0b" and index.twin_of["f0b"] == "f0a"
-    assert "solo" not in index.twin_of
+    assert index.siblings_of["f0a"] == ("f0b",) and index.siblings_of["f0b"] == ("f0a",)
+    assert "solo" not in index.siblings_of
     for record in index.images:
         assert all(path.is_file() for path in record.part_paths) and record.tensor_path.is_file()
         assert record.tensor_path.parent == record.part_paths[0].parent
@@ -30,8 +30,8 @@ def test_index_reads_images_people_and_twins(index):
 
 
 def test_twin_pairs_file_is_validated(tmp_path):
-    cases = {'{"a": 1}': "list", '[["a"]]': "two different", '[["a", "a"]]': "two different",
-             '[["a", "b"], ["b", "c"]]': "more than one twin pair"}
+    cases = {'{"a": 1}': "list", '[["a"]]': "two or more different", '[["a", "a"]]': "two or more different",
+             '[["a", "b", "a"]]': "two or more different", '[["a", "b"], ["b", "c"]]': "more than one twin pair"}
     for text, message in cases.items():
         (tmp_path / "pairs.json").write_text(text)
         with pytest.raises(td.DataIndexError, match=message):
@@ -45,7 +45,7 @@ def test_twins_listed_without_images_are_reported(synthetic_data, tmp_path):
     (tmp_path / "pairs.json").write_text(json.dumps(pairs))
     loaded = td.FaceDataIndex.load(synthetic_data["face_parts_dataset_path"], synthetic_data["tensor_dataset_path"],
                                    tmp_path / "pairs.json")
-    assert loaded.unmatched_twins == ["ghost"] and "solo" not in loaded.twin_of
+    assert loaded.unmatched_twins == ["ghost"] and "solo" not in loaded.siblings_of
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -56,7 +56,7 @@ def test_split_keeps_twins_together_and_is_seeded(index, seed):
     for name, people in split.items():
         assert len(people) >= 2
         for person in people:
-            assert index.twin_of.get(person, person) in people, (name, person)
+            assert set(index.siblings_of.get(person, ())) <= set(people), (name, person)
 
 
 def test_saved_split_is_reused_and_checked(index, tmp_path):
@@ -76,7 +76,7 @@ def check_triplets(index, triplets, persons):
     for a, p, n, twin in zip(triplets.anchor, triplets.positive, triplets.negative, triplets.twin_negative):
         assert a != p and person[a] == person[p] and person[a] != person[n]
         assert index.persons[person[n]] in persons
-        assert twin == (index.twin_of.get(index.persons[person[a]]) == index.persons[person[n]])
+        assert twin == (index.persons[person[n]] in index.siblings_of.get(index.persons[person[a]], ()))
 
 
 def test_twin_strategy_uses_the_twin_when_there_is_one(index):
@@ -84,7 +84,7 @@ def test_twin_strategy_uses_the_twin_when_there_is_one(index):
     triplets = td.draw_triplets(index, people, "twin", 0.0, np.random.default_rng(0))
     check_triplets(index, triplets, people)
     assert len(triplets) == 36
-    has_twin = np.array([index.persons[index.person_of_image[a]] in index.twin_of for a in triplets.anchor])
+    has_twin = np.array([index.persons[index.person_of_image[a]] in index.siblings_of for a in triplets.anchor])
     assert triplets.twin_negative[has_twin].all() and not triplets.twin_negative[~has_twin].any()
 
 
@@ -154,12 +154,12 @@ def test_missing_crop_is_named(index, tmp_path):
         td.load_parts(broken, None)
 
 
-def brute_force_kinds(person, twin_of):
+def brute_force_kinds(person, siblings_of):
     kinds = {}
     for i, j in combinations(range(len(person)), 2):
         if person[i] == person[j]:
             kinds[(i, j)] = vp.GENUINE
-        elif twin_of.get(person[i]) == person[j]:
+        elif person[j] in siblings_of.get(person[i], ()):
             kinds[(i, j)] = vp.TWIN
         else:
             kinds[(i, j)] = vp.GENERAL
@@ -167,21 +167,53 @@ def brute_force_kinds(person, twin_of):
 
 
 def test_verification_pairs_match_a_brute_force_loop():
-    person = np.array([0, 0, 1, 1, 1, 2, 3, 3, 4])
-    twin_of = {0: 1, 1: 0, 3: 4, 4: 3}
-    pairs = vp.verification_pairs(person, twin_of, max_general=10_000, rng=np.random.default_rng(0))
+    person = np.array([0, 0, 1, 1, 1, 2, 3, 3, 4, 5, 6, 6, 7])
+    siblings_of = {0: [1], 1: [0], 3: [4], 4: [3], 5: [6, 7], 6: [5, 7], 7: [5, 6]}  # 5, 6, 7: triplets
+    pairs = vp.verification_pairs(person, siblings_of, max_general=10_000, rng=np.random.default_rng(0))
     found = {(int(a), int(b)): int(k) for a, b, k in zip(pairs.first, pairs.second, pairs.kind)}
-    assert found == brute_force_kinds(person, twin_of)
+    assert found == brute_force_kinds(person, siblings_of)
     assert pairs.general_total == sum(k == vp.GENERAL for k in found.values())
 
 
 def test_general_pairs_are_sampled_when_too_many():
     person = np.repeat(np.arange(30), 3)
-    twin_of = {0: 1, 1: 0}
-    pairs = vp.verification_pairs(person, twin_of, max_general=500, rng=np.random.default_rng(0))
-    reference = brute_force_kinds(person, twin_of)
+    siblings_of = {0: [1], 1: [0]}
+    pairs = vp.verification_pairs(person, siblings_of, max_general=500, rng=np.random.default_rng(0))
+    reference = brute_force_kinds(person, siblings_of)
     general = [(a, b) for a, b, k in zip(pairs.first, pairs.second, pairs.kind) if k == vp.GENERAL]
     assert len(general) == len(set(general)) == 500
     assert all(reference[(int(a), int(b))] == vp.GENERAL for a, b in general)
     assert pairs.general_total == sum(k == vp.GENERAL for k in reference.values())
     assert (pairs.kind == vp.TWIN).sum() == 9 and (pairs.kind == vp.GENUINE).sum() == 90
+
+
+def test_sibling_groups_stay_together_and_any_sibling_is_a_twin_negative(synthetic_data, tmp_path):
+    """A group of three (`[[a, b, c]]` in the twin-pairs file) is one family: never split, and each
+    member's twin negatives and twin-impostor pairs come from both of the others."""
+    pairs = [p for p in json.loads(synthetic_data["twin_pairs_path"].read_text())
+             if "f0a" not in p and "f1a" not in p]
+    pairs.append(["f0a", "f0b", "f1a"])
+    (tmp_path / "groups.json").write_text(json.dumps(pairs))
+    index = td.FaceDataIndex.load(synthetic_data["face_parts_dataset_path"], synthetic_data["tensor_dataset_path"],
+                                  tmp_path / "groups.json")
+    assert index.siblings_of["f0a"] == ("f0b", "f1a") and index.siblings_of["f1a"] == ("f0a", "f0b")
+    assert "f1b" not in index.siblings_of  # left without a sibling
+    assert ("f0a", "f0b", "f1a") in index.families() and ("f1b",) in index.families()
+    for seed in range(8):
+        split = td.split_families(index.families(), 0.6, 0.2, seed)
+        holding = [name for name, people in split.items() if {"f0a", "f0b", "f1a"} & set(people)]
+        assert len(holding) == 1 and {"f0a", "f0b", "f1a"} <= set(split[holding[0]])
+    negatives = {}
+    for seed in range(10):
+        triplets = td.draw_triplets(index, index.persons, "twin", 0.0, np.random.default_rng(seed))
+        check_triplets(index, triplets, index.persons)
+        for a, n in zip(triplets.anchor, triplets.negative):
+            anchor = index.persons[index.person_of_image[a]]
+            negatives.setdefault(anchor, set()).add(index.persons[index.person_of_image[n]])
+    assert negatives["f0a"] == {"f0b", "f1a"} and negatives["f1a"] == {"f0a", "f0b"}
+    number = {p: k for k, p in enumerate(index.persons)}
+    siblings = {number[p]: [number[s] for s in group] for p, group in index.siblings_of.items()}
+    found = vp.verification_pairs(index.person_of_image, siblings, 10_000, np.random.default_rng(0))
+    twin_people = {frozenset((index.persons[index.person_of_image[a]], index.persons[index.person_of_image[b]]))
+                   for a, b in zip(found.first[found.kind == vp.TWIN], found.second[found.kind == vp.TWIN])}
+    assert {frozenset(("f0a", "f0b")), frozenset(("f0a", "f1a")), frozenset(("f0b", "f1a"))} <= twin_people
