@@ -4,7 +4,9 @@
     python evaluate.py --checkpoint best.pth --jpg-dataset twins.json --twin-pairs pairs.json
 
 Without a dataset, the run's saved split is used: the decision threshold is chosen on
-the validation identities, the numbers are measured on the test identities. With
+the validation identities (by default the one that accepts at most `--target-twin-far` of
+their twin impostors), the numbers are measured on the test identities: accuracy and
+FAR at that threshold for twin and for general impostors apart, EER, AUC, TAR@FAR. With
 `--jpg-dataset`, every identity in it is a test identity (photos are extracted into the
 output folder first, resumably) and the threshold is the one stored in the checkpoint.
 
@@ -41,6 +43,8 @@ from train_config import TrainConfig
 from triplet_dataset import DataIndexError, FaceDataIndex
 
 MODELS = ("combined", "adaface")
+TWIN_FAR_RULE = "twin_far"
+THRESHOLD_RULES = (TWIN_FAR_RULE, *vm.THRESHOLD_RULES)
 KINDS = ("twin", "general", "all")
 
 
@@ -75,8 +79,16 @@ def split_embeddings(model, index, persons, global_all, config, context) -> dict
             "scores": {name: vp.cosine_scores(e, pairs) for name, e in embeddings.items()}}
 
 
-def choose_threshold(scores: np.ndarray, pairs: vp.Pairs, rule: str) -> float:
-    return vm.select_threshold(scores, (pairs.kind == vp.GENUINE).astype(int), rule=rule)
+def choose_threshold(scores: np.ndarray, pairs: vp.Pairs, rule: str, target_twin_far: float) -> tuple[float, str]:
+    """A threshold chosen on validation pairs, and its rule in words.
+
+    `twin_far` (the default): at most `target_twin_far` of the twin impostors accepted;
+    `eer` / `max_accuracy`: over all impostors together (mostly general ones).
+    """
+    if rule == TWIN_FAR_RULE:
+        return vp.twin_far_threshold(scores, pairs.kind, target_twin_far)
+    threshold = vm.select_threshold(scores, (pairs.kind == vp.GENUINE).astype(int), rule=rule)
+    return threshold, f"{rule} over all {int((pairs.kind != vp.GENUINE).sum())} validation impostor pairs"
 
 
 def bootstrap_intervals(scores, pairs, families_a, families_b, resamples: int, seed: int) -> dict[str, Any]:
@@ -150,7 +162,7 @@ def save_figure(figure, path: Path) -> None:
 def summary_table(report: dict[str, Any]) -> str:
     """A short plain-text table of the headline numbers."""
     lines = [f"{'model':34s} {'impostors':9s} {'EER':>7s} {'EER 95% CI':>15s} {'AUC':>6s} "
-             f"{'TAR@1e-2':>9s} {'accuracy':>8s}"]
+             f"{'TAR@1e-2':>9s} {'accuracy':>8s} {'FAR':>7s}   (accuracy and FAR at the model's threshold)"]
     for name in MODELS:
         for kind in KINDS:
             entry = report["models"][name]["test"][kind]
@@ -163,18 +175,22 @@ def summary_table(report: dict[str, Any]) -> str:
             eer_ci = ci.get("eer", {})
             ci_text = f"{100 * eer_ci['low']:5.1f}–{100 * eer_ci['high']:5.1f}%" if "low" in eer_ci else "n/a"
             accuracy_text = f"{100 * entry['accuracy']:7.2f}%" if "accuracy" in entry else "n/a"
+            far_text = f"{100 * entry['far_at_threshold']:6.2f}%" if "far_at_threshold" in entry else "n/a"
             lines.append(f"{report['models'][name]['label'][:34]:34s} {kind:9s} {100 * entry['eer']:6.2f}% "
-                         f"{ci_text:>15s} {entry['auc']:6.3f} {tar_text:>9s} {accuracy_text:>8s}")
+                         f"{ci_text:>15s} {entry['auc']:6.3f} {tar_text:>9s} {accuracy_text:>8s} {far_text:>7s}")
     return "\n".join(lines)
 
 
 def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = None, twin_pairs: Path | None = None,
-             adaface_checkpoint: str | None = None, threshold_rule: str = "eer", bootstrap: int = 1000,
+             adaface_checkpoint: str | None = None, threshold_rule: str = TWIN_FAR_RULE, bootstrap: int = 1000,
              store_threshold: bool = True, device: str = "auto", workers: int = 2,
-             progress: bool = True) -> dict[str, Any]:
-    """Run the whole evaluation; returns the report (also written to OUTPUT/report.json)."""
+             progress: bool = True, target_twin_far: float | None = None) -> dict[str, Any]:
+    """Run the whole evaluation; returns the report (also written to OUTPUT/report.json).
+
+    `target_twin_far` (for the `twin_far` rule) defaults to the one training used."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = TrainConfig.from_dict(checkpoint["config"], str(checkpoint_path))
+    target_twin_far = config.target_twin_far if target_twin_far is None else target_twin_far
     config = replace(config, num_workers=workers, device=device, progress=progress)
     context = distributed.Context(device=distributed.resolve_device(device, 0))
     model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint).to(context.device)
@@ -216,15 +232,18 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         "general_impostor_pairs_existing": test["pairs"].general_total,
         "threshold_source": (f"chosen on {len(split['val'])} validation identities ({threshold_rule})" if val
                              else "stored in the checkpoint (from training validation)"),
+        "target_twin_far": target_twin_far if threshold_rule == TWIN_FAR_RULE and val else None,
         "models": {}}
     for name in MODELS:
         if val is not None:
-            threshold = choose_threshold(val["scores"][name], val["pairs"], threshold_rule)
+            threshold, rule = choose_threshold(val["scores"][name], val["pairs"], threshold_rule, target_twin_far)
+        elif name == "combined":
+            threshold, rule = float(checkpoint["threshold"]), checkpoint.get("threshold_rule")
         else:
-            threshold = float(checkpoint["threshold"]) if name == "combined" else None
+            threshold, rule = None, None
         metrics = vp.metrics_by_impostor_kind(test["scores"][name], test["pairs"].kind, threshold)
         report["models"][name] = {
-            "label": labels[name], "threshold": threshold, "test": metrics,
+            "label": labels[name], "threshold": threshold, "threshold_rule": rule, "test": metrics,
             "bootstrap": bootstrap_intervals(test["scores"][name], test["pairs"], family_a, family_b, bootstrap,
                                              config.seed) if bootstrap else None}
     write_json_atomic(output / "report.json", report)
@@ -236,7 +255,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     write_plots(test, labels, output)
     if store_threshold and val is not None:
         checkpoint["threshold"] = report["models"]["combined"]["threshold"]
-        checkpoint["threshold_rule"] = f"{threshold_rule} on validation pairs (evaluate.py)"
+        checkpoint["threshold_rule"] = f"{report['models']['combined']['threshold_rule']} (evaluate.py)"
         torch_save_atomic(checkpoint, checkpoint_path)
     return report
 
@@ -248,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jpg-dataset", type=Path, help="evaluate on these photos instead of the run's test split")
     parser.add_argument("--twin-pairs", type=Path, help="twin pairs of --jpg-dataset")
     parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training had it")
-    parser.add_argument("--threshold-rule", choices=vm.THRESHOLD_RULES, default="eer",
-                        help="how the decision threshold is chosen on validation pairs (default: eer)")
+    parser.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=TWIN_FAR_RULE,
+                        help="how the decision threshold is chosen on validation pairs: twin_far accepts at "
+                             "most --target-twin-far of the twin impostors; eer and max_accuracy balance over "
+                             "all impostors, mostly general ones (default: twin_far)")
+    parser.add_argument("--target-twin-far", type=float, help="for twin_far (default: the training run's, "
+                        "target_twin_far in its config)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of twin families for the "
                         "confidence intervals; 0 = none (default: 1000)")
     parser.add_argument("--no-store-threshold", action="store_true", help="leave the checkpoint untouched")
@@ -261,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
                           args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
-                          args.workers, not args.no_progress)
+                          args.workers, not args.no_progress, args.target_twin_far)
     except (FileNotFoundError, DataIndexError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

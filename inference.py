@@ -101,6 +101,7 @@ class Verification:
     threshold: float    # same person when similarity ≥ threshold
     same_person: bool
     global_branch: str  # which AdaFace the model was built on
+    threshold_rule: str | None = None  # how the threshold was chosen (e.g. the validation twin FAR)
 
     @property
     def decision(self) -> str:
@@ -120,9 +121,10 @@ class TwinVerifier:
     """A trained twin model and one landmarker, loaded once. Use as a context manager (or `close()`)."""
 
     def __init__(self, model: TwinVerificationModel, detector: FaceLandmarkDetector, part_crop_size: int,
-                 threshold: float | None, global_branch: str, source: str = "<model>"):
+                 threshold: float | None, global_branch: str, source: str = "<model>",
+                 threshold_rule: str | None = None):
         self.model, self.detector = model.eval(), detector
-        self.part_crop_size, self.threshold = part_crop_size, threshold
+        self.part_crop_size, self.threshold, self.threshold_rule = part_crop_size, threshold, threshold_rule
         self.global_branch, self.source = global_branch, source
         self.device = next(model.parameters()).device
 
@@ -134,7 +136,7 @@ class TwinVerifier:
         model, info = load_twin_checkpoint(path, adaface_checkpoint, device)
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
-                   info.get("global_branch", model.global_branch_label), str(path))
+                   info.get("global_branch", model.global_branch_label), str(path), info.get("threshold_rule"))
 
     def prepare(self, image: ImageSource, name: str | None = None) -> FaceInputs:
         """Parts and aligned face of the largest face in a photo file or an RGB uint8 `H×W×3` array."""
@@ -202,12 +204,13 @@ class TwinVerifier:
 
     def verify(self, a: ImageSource, b: ImageSource, threshold: float | None = None) -> Verification:
         """Same person or not, at `threshold` (default: the checkpoint's)."""
+        rule = self.threshold_rule if threshold is None else "given by the caller"
         threshold = self.threshold if threshold is None else threshold
         if threshold is None:
             raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
                                    "had no impostor pairs); give one (threshold=…, --threshold)")
         similarity = self.similarity(a, b)
-        return Verification(similarity, float(threshold), similarity >= threshold, self.global_branch)
+        return Verification(similarity, float(threshold), similarity >= threshold, self.global_branch, rule)
 
     def close(self) -> None:
         self.detector.close()
@@ -283,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         first, second = (str(p) for p in args.images)
         print(json.dumps({"image_a": first, "image_b": second, **asdict(result), "decision": result.decision}))
     else:
-        print(f"similarity:    {result.similarity:.4f}\nthreshold:     {result.threshold:.4f}\n"
+        print(f"similarity:    {result.similarity:.4f}\nthreshold:     {result.threshold:.4f} "
+              f"({result.threshold_rule or 'rule not recorded'})\n"
               f"decision:      {result.decision}\nglobal branch: {result.global_branch}")
     return EXIT_OK
 

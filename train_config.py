@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,13 @@ from net import ADAFACE_ARCHS
 
 NEGATIVE_STRATEGIES = ("random", "twin", "mixed", "curriculum")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Files and folders of a run: made absolute when the run starts, so that its checkpoints
+# work from any folder (evaluate.py reads the dataset through them).
+DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path", "output_dir")
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
-RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device"})
+# (target_twin_far only moves the stored decision threshold, never the weights.)
+RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
+                              "target_twin_far"})
 
 
 class ConfigError(ValueError):
@@ -81,6 +86,8 @@ class TrainConfig:
     channels_last: str = _key("auto = on for CUDA", default="auto", metadata={"choices": ("auto", "on", "off")})
     early_stopping_patience: int = _key("stop after this many epochs without a better validation twin "
                                         "EER; 0 = never", default=15)
+    target_twin_far: float = _key("the decision threshold stored in best.pth accepts at most this share of "
+                                  "the validation twin impostors", default=1e-2)
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
                                            "there are more)", default=200_000)
     # --- run control (may change between resumes) ---
@@ -104,6 +111,7 @@ class TrainConfig:
         check(0 <= self.test_split < 1 - self.train_split, "test_split",
               f"must leave some families for validation (train_split is {self.train_split})")
         check(0 <= self.twin_negative_fraction <= 1, "twin_negative_fraction", "must be within 0..1")
+        check(0 < self.target_twin_far < 1, "target_twin_far", "must be between 0 and 1")
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
         check(self.freeze_adaface, "freeze_adaface", "fine-tuning AdaFace is not supported: the global "
               "branch is frozen by design and its embeddings are cached")
@@ -118,6 +126,11 @@ class TrainConfig:
     @property
     def adaface_checkpoint_path(self) -> str | None:
         return None if self.adaface_checkpoint.lower() == "none" else self.adaface_checkpoint
+
+    def with_absolute_data_paths(self) -> "TrainConfig":
+        """This config with the dataset files and the output folder as absolute paths
+        (relative ones resolve against the current folder)."""
+        return replace(self, **{key: str(Path(getattr(self, key)).resolve()) for key in DATA_PATH_KEYS})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,7 @@ import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
 from combined_model import TwinVerificationModel
 from cutout import PART_NAMES
-from train_config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
+from train_config import DATA_PATH_KEYS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
 from triplet_dataset import (DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset, TripletDataset, curriculum_stage,
                              draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
 
@@ -216,7 +216,12 @@ class Validator:
         for kind in ("twin", "general", "all"):
             result[f"{kind}_eer"] = report[kind]["eer"] if report[kind] else None
             result[f"{kind}_tar_at_far"] = report[kind]["tar_at_far"] if report[kind] else None
-        result["threshold"] = report["all"]["eer_threshold"] if report["all"] else None
+        # The stored decision threshold is set by the twins (the case this model exists for).
+        result["threshold"], result["threshold_rule"] = vp.twin_far_threshold(scores, self.pairs.kind,
+                                                                               config.target_twin_far)
+        at_threshold = vp.metrics_by_impostor_kind(scores, self.pairs.kind, result["threshold"])
+        for kind in ("twin", "general"):
+            result[f"{kind}_far_at_threshold"] = at_threshold[kind]["far_at_threshold"] if at_threshold[kind] else None
         result["_scores"], result["_kinds"] = scores, self.pairs.kind
         return result
 
@@ -240,6 +245,8 @@ def roc_figure(scores: np.ndarray, kinds: np.ndarray, title: str):
 # ---- checkpoints ------------------------------------------------------------------------------
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    # Runs from before paths were stored absolute hold them relative to the folder they ran in.
+    saved = {**saved, **{k: str(Path(saved[k]).resolve()) for k in DATA_PATH_KEYS if isinstance(saved.get(k), str)}}
     changed = sorted(k for k, v in config.to_dict().items() if k not in RUN_CONTROL_KEYS and saved.get(k) != v)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(config, k)!r}" for k in changed)
@@ -253,6 +260,7 @@ def write_metrics_log(history: list[dict[str, Any]], path: Path) -> None:
 
 def run_training(config: TrainConfig, context: distributed.Context | None = None) -> dict[str, Any]:
     """Train (or resume) according to `config`; returns the final state summary."""
+    config = config.with_absolute_data_paths()
     context = context or distributed.Context(device=distributed.resolve_device(config.device, 0))
     output = Path(config.output_dir)
     checkpoints, logs = output / "checkpoints", output / "logs"
@@ -355,7 +363,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
                 if improved:
                     torch_save_atomic(model.deployable_checkpoint(
                         epoch=epoch + 1, config=config.to_dict(), validation=validation, part_crop_size=crop_size,
-                        threshold=validation["threshold"], threshold_rule="validation EER, all impostors",
+                        threshold=validation["threshold"], threshold_rule=validation["threshold_rule"],
                         global_branch=model.global_branch_label), checkpoints / "best.pth")
                 torch_save_atomic({"format_version": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
                                    "model_state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),

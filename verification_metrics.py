@@ -123,6 +123,21 @@ def tar_at_far(scores, labels, far_target: float, weights=None) -> TarAtFar:
                     _as_count(n_impostors))
 
 
+def threshold_at_far(impostor_scores, far_target: float) -> float:
+    """The lowest threshold at which at most `far_target` of these impostors are accepted.
+
+    With `n` impostors, `floor(far_target·n)` of them may score at or above it; it sits just
+    above the next one. When `far_target·n < 1` that means just above the highest impostor.
+    """
+    scores = np.sort(np.asarray(impostor_scores, dtype=np.float64))[::-1]
+    if scores.ndim != 1 or len(scores) == 0 or not np.all(np.isfinite(scores)):
+        raise ValueError("need a 1-D array of finite impostor scores, at least one")
+    if not 0 < far_target < 1:
+        raise ValueError(f"far_target must be in (0, 1); got {far_target}")
+    allowed = int(np.floor(far_target * len(scores) + _RELIABLE_SLACK))
+    return float(np.nextafter(scores[allowed], np.inf))
+
+
 def accuracy_at_threshold(scores, labels, threshold: float, weights=None) -> float:
     """Weighted fraction of pairs decided correctly by `score >= threshold`."""
     scores, labels, weights = _validate(scores, labels, weights)
@@ -160,7 +175,7 @@ def verification_report(scores, labels, threshold: Optional[float] = None,
                         far_targets: Sequence[float] = (1e-1, 1e-2, 1e-3),
                         weights=None) -> dict:
     """Plain JSON-serialisable summary: counts, AUC, EER, TAR@FAR and accuracy at `threshold`."""
-    _, valid_labels, valid_weights = _validate(scores, labels, weights)
+    valid_scores, valid_labels, valid_weights = _validate(scores, labels, weights)
     eer, eer_threshold = equal_error_rate(scores, labels, weights)
     report = {
         "n_genuine": _as_count(valid_weights[valid_labels].sum()),
@@ -176,8 +191,13 @@ def verification_report(scores, labels, threshold: Optional[float] = None,
             "tar": point.tar, "threshold": _json_float(point.threshold),
             "far_achieved": point.far_achieved, "reliable": point.reliable}
     if threshold is not None:
+        accepted = valid_scores >= threshold
         report["threshold"] = float(threshold)
         report["accuracy"] = accuracy_at_threshold(scores, labels, threshold, weights)
+        report["far_at_threshold"] = float(valid_weights[accepted & ~valid_labels].sum()
+                                           / valid_weights[~valid_labels].sum())
+        report["tar_at_threshold"] = float(valid_weights[accepted & valid_labels].sum()
+                                           / valid_weights[valid_labels].sum())
     return report
 
 

@@ -121,3 +121,23 @@ def roc_by_impostor_kind(scores: np.ndarray, kind: np.ndarray) -> dict[int, tupl
             far, tar, _ = vm.roc_points(scores[selected], genuine[selected].astype(int))
             curves[impostor] = (far, tar)
     return curves
+
+
+def twin_far_threshold(scores: np.ndarray, kind: np.ndarray, target_far: float) -> tuple[float, str]:
+    """The decision threshold for the twin case, and the rule that chose it, in words.
+
+    The threshold accepts at most `target_far` of the twin impostors: general impostors far
+    outnumber twins, so a threshold balanced over all impostors would let twins through far
+    more often than the twin EER suggests. Without twin pairs, general impostors set it.
+    """
+    impostors, name = (TWIN, "twin") if (kind == TWIN).any() else (GENERAL, "general")
+    impostor_scores = scores[kind == impostors]
+    if len(impostor_scores) == 0:
+        raise ValueError("no impostor pairs to choose a threshold on")
+    threshold = vm.threshold_at_far(impostor_scores, target_far)
+    rule = f"{name} FAR <= {target_far:g} on {len(impostor_scores)} validation {name}-impostor pairs"
+    if len(impostor_scores) * target_far < 1:
+        rule += f" (too few to measure {target_far:g}: above every one of them)"
+    if name == "general":
+        rule += " (the validation identities have no twin pairs)"
+    return threshold, rule

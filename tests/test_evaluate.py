@@ -2,6 +2,8 @@
 
 import csv
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,8 +72,10 @@ def test_numbers_are_reproduced_from_the_csv(evaluated):
             expected = report["models"][model]["test"][kind]
             assert independent_eer(scores[selected], genuine) == pytest.approx(expected["eer"], abs=1e-3)
             assert roc_auc_score(genuine, scores[selected]) == pytest.approx(expected["auc"], abs=1e-3)
-            accuracy = ((scores[selected] >= report["models"][model]["threshold"]) == genuine).mean()
-            assert accuracy == pytest.approx(expected["accuracy"], abs=1e-6)
+            accepted = scores[selected] >= report["models"][model]["threshold"]
+            assert (accepted == genuine).mean() == pytest.approx(expected["accuracy"], abs=1e-6)
+            assert accepted[genuine == 0].mean() == pytest.approx(expected["far_at_threshold"], abs=1e-6)
+            assert accepted[genuine == 1].mean() == pytest.approx(expected["tar_at_threshold"], abs=1e-6)
 
 
 def test_threshold_comes_from_validation_and_is_stored(trained, evaluated):
@@ -80,6 +84,17 @@ def test_threshold_comes_from_validation_and_is_stored(trained, evaluated):
     checkpoint = torch.load(trained, weights_only=True)
     assert checkpoint["threshold"] == pytest.approx(report["models"]["combined"]["threshold"])
     assert "validation" in checkpoint["threshold_rule"]
+    for model in ("combined", "adaface"):  # the twin rule, at the training run's target
+        assert report["models"][model]["threshold_rule"].startswith("twin FAR <= 0.01 on ")
+    assert checkpoint["threshold_rule"] == report["models"]["combined"]["threshold_rule"] + " (evaluate.py)"
+
+
+def test_the_table_shows_accuracy_and_far_at_the_threshold_per_impostor_kind(evaluated):
+    _, report = evaluated
+    table = evaluate.summary_table(report).splitlines()
+    assert "accuracy" in table[0] and "FAR" in table[0]
+    for line in table[1:]:
+        assert line.count("%") >= 4, line  # EER, its interval, accuracy, FAR
 
 
 def test_a_photo_dataset_is_extracted_and_scored(trained, copy_photos, landmarker_model, tmp_path):
@@ -97,3 +112,22 @@ def test_a_photo_dataset_is_extracted_and_scored(trained, copy_photos, landmarke
     assert report["test_identities"] == 3  # messi has no face and drops out
     assert report["pairs"] == {"genuine": 3 + 1 + 1, "twin": 4, "general": 12}
     assert (tmp_path / "out" / "extracted" / "failures.csv").read_text().count("messi5.jpg") == 1
+
+
+def test_a_run_started_with_relative_paths_evaluates_from_any_folder(synthetic_data, tmp_path, monkeypatch):
+    """Dataset paths and the run folder are stored absolute, so evaluate.py (which reads the
+    dataset through the checkpoint's config) works from another folder, and so does resuming."""
+    monkeypatch.chdir(tmp_path)
+    relative = {key: os.path.relpath(path, tmp_path) for key, path in synthetic_data.items()}
+    config = tiny_train_config(relative, Path("run"), num_epochs=1, train_split=0.4, test_split=0.4)
+    train.run_training(config)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pth", weights_only=True)
+    for key in ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path", "output_dir"):
+        assert Path(best["config"][key]).is_absolute(), key
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    report = evaluate.evaluate(tmp_path / "run" / "checkpoints" / "best.pth", tmp_path / "evaluation",
+                               bootstrap=0, workers=0, progress=False, store_threshold=False)
+    assert report["test_identities"] >= 2 and report["pairs"]["genuine"] > 0
+    monkeypatch.chdir(tmp_path)
+    assert train.run_training(config)["finished"]  # the same relative command still resumes

@@ -57,9 +57,11 @@ def test_embed_many_equals_one_by_one(verifier, photos):
 
 
 def test_verify_uses_the_stored_threshold(verifier, checkpoint, photos):
-    stored = torch.load(checkpoint, weights_only=True)["threshold"]
+    saved = torch.load(checkpoint, weights_only=True)
+    stored = saved["threshold"]
     result = verifier.verify(photos["obama"], photos["franck"])
     assert result.threshold == pytest.approx(stored) and "UNTRAINED" in result.global_branch
+    assert result.threshold_rule == saved["threshold_rule"] and "twin FAR" in result.threshold_rule
     assert result.same_person == (result.similarity >= result.threshold)
     expected = float(verifier.embed(photos["obama"]) @ verifier.embed(photos["franck"]))
     assert result.similarity == pytest.approx(expected, abs=1e-5)
@@ -103,7 +105,7 @@ def test_cli_compares_two_photos(checkpoint, landmarker_model, photos, capsys):
     status, out, _ = run_cli(capsys, photos["obama"], photos["obama2"], *common)
     assert status == 0
     values = dict(line.split(":", 1) for line in out.strip().splitlines())
-    similarity, threshold = float(values["similarity"]), float(values["threshold"])
+    similarity, threshold = float(values["similarity"]), float(values["threshold"].split()[0])
     assert values["decision"].strip() == ("same person" if similarity >= threshold else "different people")
 
     status, out, _ = run_cli(capsys, photos["obama"], photos["obama2"], *common, "--json")
@@ -111,6 +113,7 @@ def test_cli_compares_two_photos(checkpoint, landmarker_model, photos, capsys):
     assert status == 0 and result["image_b"].endswith("obama2.jpg")
     assert result["similarity"] == pytest.approx(similarity, abs=1e-4)
     assert result["same_person"] == (result["similarity"] >= result["threshold"])
+    assert "twin FAR" in result["threshold_rule"] and "twin FAR" in values["threshold"]
     assert result["decision"] == ("same person" if result["same_person"] else "different people")
 
 

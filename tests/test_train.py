@@ -80,6 +80,10 @@ def test_end_to_end_outputs(finished_run):
     best = torch.load(output / "checkpoints" / "best.pth", weights_only=True)
     assert best["epoch"] == state["best"]["epoch"] and best["config"]["seed"] == config.seed
     assert best["part_crop_size"] == 32 and -1 <= best["threshold"] <= 1
+    # The threshold is set by the validation twins (too few here to measure 1e-2: none is accepted).
+    assert best["threshold_rule"].startswith("twin FAR <= 0.01 on ") and "too few" in best["threshold_rule"]
+    assert best["validation"]["twin_far_at_threshold"] == 0.0
+    assert best["validation"]["general_far_at_threshold"] is not None
     model = TwinVerificationModel.from_checkpoint(output / "checkpoints" / "best.pth")
     assert model.config.part_backbone == "tiny" and "UNTRAINED" in best["global_branch"]
     parts = {p: torch.randn(2, 3, 32, 32) for p in ("left_eye", "right_eye", "nose", "mouth", "chin")}

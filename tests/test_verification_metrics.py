@@ -300,3 +300,32 @@ def test_bootstrap_skips_and_counts_resamples_without_both_classes():
 def test_bootstrap_rejects_bad_person_columns():
     with pytest.raises(ValueError, match="one entry per pair"):
         vm.bootstrap_ci(vm.roc_auc, [0.9, 0.1], [1, 0], ["x"], ["x", "y"])
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("far_target", [0.001, 0.01, 0.1, 0.25, 0.5])
+def test_threshold_at_far_is_the_lowest_that_keeps_far_within_target(seed, far_target):
+    rng = np.random.default_rng(seed)
+    impostors = np.round(rng.normal(0, 1, 60 + 17 * seed), 1)  # rounding makes ties
+    threshold = vm.threshold_at_far(impostors, far_target)
+    far = lambda t: sum(s >= t for s in impostors) / len(impostors)
+    assert far(threshold) <= far_target
+    lower = [t for t in [*impostors, *np.nextafter(impostors, np.inf)] if t < threshold]
+    assert all(far(t) > far_target for t in lower)  # every lower cut accepts too many
+
+
+def test_a_twin_threshold_keeps_twins_out_where_an_eer_threshold_over_all_impostors_does_not():
+    """General impostors outnumber twins: the EER over all impostors sits among the twins."""
+    import verification_pairs as vp
+
+    rng = np.random.default_rng(0)
+    scores = np.r_[rng.normal(0.8, 0.05, 400), rng.normal(0.7, 0.05, 300), rng.normal(0.0, 0.1, 30_000)]
+    kind = np.r_[np.full(400, vp.GENUINE), np.full(300, vp.TWIN), np.full(30_000, vp.GENERAL)]
+    twin_far = lambda t: (scores[kind == vp.TWIN] >= t).mean()
+    eer_threshold = vm.select_threshold(scores, (kind == vp.GENUINE).astype(int), rule="eer")
+    assert twin_far(eer_threshold) > 0.5
+    threshold, rule = vp.twin_far_threshold(scores, kind, 1e-2)
+    assert twin_far(threshold) <= 1e-2 and rule == "twin FAR <= 0.01 on 300 validation twin-impostor pairs"
+    no_twins = np.r_[0:400, 700:len(scores)]
+    threshold, rule = vp.twin_far_threshold(scores[no_twins], kind[no_twins], 1e-2)
+    assert rule.startswith("general FAR <= 0.01") and "no twin pairs" in rule
