@@ -61,3 +61,26 @@ def test_every_pinned_package_is_used():
     used = {dist.lower() for module in imported_top_level_modules() for dist in distribution_of.get(module, [])}
     unused = sorted(pinned - used - set(USED_WITHOUT_IMPORT))
     assert not unused, f"pinned but never imported: {unused}"
+
+
+def imports_of(path) -> set[str]:
+    """Top-level modules a file imports, and `module.name` for each `from module import name`."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_evaluation_benchmark_and_inference_take_shared_code_from_library_modules():
+    """The embedding loops and model building live in model_runner.py; inference needs no extractor."""
+    for script in ("evaluate.py", "benchmark_training.py"):
+        imported = imports_of(REPO / script)
+        taken_from_training = {name for name in imported if name.startswith("train_twin_verification.")}
+        assert taken_from_training <= {"train_twin_verification.train_one_epoch"}, (script, taken_from_training)
+        assert "model_runner" in imported, script
+    assert "train_twin_verification" not in imports_of(REPO / "evaluate.py")
+    assert "face_parts_extractor" not in imports_of(REPO / "inference.py")
