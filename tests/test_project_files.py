@@ -1,10 +1,13 @@
-"""The Makefile's targets and the pinned requirements match the code that is there."""
+"""The Makefile's targets, the pinned requirements, the scripts' --help and their imports match the code."""
 
 import ast
+import importlib
 import re
 import subprocess
 import sys
 from importlib.metadata import packages_distributions
+
+import pytest
 
 from conftest import REPO
 
@@ -84,3 +87,14 @@ def test_evaluation_benchmark_and_inference_take_shared_code_from_library_module
         assert "model_runner" in imported, script
     assert "train_twin_verification" not in imports_of(REPO / "evaluate.py")
     assert "face_parts_extractor" not in imports_of(REPO / "inference.py")
+
+
+SCRIPTS = sorted(p.stem for p in REPO.glob("*.py") if 'if __name__ == "__main__":' in p.read_text())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_answers_help(script, capsys):
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
