@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cli_errors import ExpectedError
+
 ADAFACE_INPUT_SIZE = 112
 ADAFACE_EMBEDDING_DIM = 512
 # Units per stage, as in the official `get_blocks`; the official code calls IR-100 "ir_101".
@@ -188,7 +190,7 @@ def load_adaface(path: str | Path, arch: str = "ir_50", trust_checkpoint: bool =
     return model.eval()
 
 
-class AdaFaceCheckpointError(RuntimeError):
+class AdaFaceCheckpointError(ExpectedError, RuntimeError):
     """An AdaFace checkpoint is missing, unreadable, refused as unsafe, or does not fit the model."""
 
 

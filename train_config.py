@@ -9,21 +9,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cli_errors import EXIT_USAGE, ExpectedError
+from distributed import DEVICE_PATTERN
 from face_parts_model import PART_BACKBONES
 from net import ADAFACE_ARCHS
 
 NEGATIVE_STRATEGIES = ("random", "twin", "mixed", "curriculum")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
-RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device"})
+RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
+                              "trust_checkpoint"})
 
 
-class ConfigError(ValueError):
+
+class ConfigError(ExpectedError, ValueError):
     """A config value or file that cannot be used; the message names the key."""
+
+    exit_code = EXIT_USAGE
 
 
 def _key(help_text: str, **kwargs) -> Any:
@@ -90,6 +97,9 @@ class TrainConfig:
     stop_after_epochs: int = _key("finish this invocation after N more epochs (the run resumes later); "
                                   "0 = run to the end", default=0)
     progress: bool = _key("show progress bars", default=True)
+    trust_checkpoint: bool = _key("allow full unpickling of an AdaFace file that weights-only loading "
+                                  "refuses (only for a file from a source you trust: it can run code)",
+                                  default=False)
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, why: str) -> None:
@@ -105,6 +115,16 @@ class TrainConfig:
               f"must leave some families for validation (train_split is {self.train_split})")
         check(0 <= self.twin_negative_fraction <= 1, "twin_negative_fraction", "must be within 0..1")
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
+        for key in ("face_parts_embedding_dim", "hidden_dim", "embedding_dim", "log_every_steps"):
+            check(getattr(self, key) >= 1, key, "must be at least 1")
+        for key in ("curriculum_switch_epoch", "early_stopping_patience", "max_general_impostor_pairs",
+                    "num_workers", "stop_after_epochs"):
+            check(getattr(self, key) >= 0, key, "must be 0 or more")
+        for key in ("weight_decay", "warmup_epochs", "grad_clip_norm", "augment_strength"):
+            check(math.isfinite(getattr(self, key)) and getattr(self, key) >= 0, key, "must be a number ≥ 0")
+        for key in ("learning_rate", "triplet_margin"):
+            check(math.isfinite(getattr(self, key)), key, "must be a finite number")
+        check(DEVICE_PATTERN.fullmatch(self.device) is not None, "device", "choose auto, cpu, cuda or cuda:N")
         check(self.freeze_adaface, "freeze_adaface", "fine-tuning AdaFace is not supported: the global "
               "branch is frozen by design and its embeddings are cached")
         for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last"):
@@ -158,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     for item in fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         default = item.default if item.default is not MISSING else None
-        kwargs = {"help": item.metadata["help"], "default": None, "dest": item.name}
+        # argparse formats help strings with `%`: a literal one must be doubled.
+        kwargs = {"help": item.metadata["help"].replace("%", "%%"), "default": None, "dest": item.name}
         if "choices" in item.metadata:
             kwargs["choices"] = item.metadata["choices"]
         if item.type == "bool":
