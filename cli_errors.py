@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import re
 import sys
 from typing import Callable
 
@@ -48,7 +49,7 @@ def one_line(text: str) -> str:
     traceback in its text; its last line is the original message."""
     if "Original Traceback" in text:
         last = [line for line in text.splitlines() if line.strip()][-1]
-        text = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].isidentifier() else last
+        text = re.sub(r"^[\w.]+: ", "", last)  # drop the exception's class name
     return " ".join(text.split())
 
 

@@ -85,13 +85,15 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        reason = " ".join(str(error).split("Check the documentation")[0].split())[:200]
+        text = str(error).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        reason = " ".join(text.split()).split(". ")[0][:200]
         raise CheckpointMismatchError(f"{path}: refused by weights-only loading, so it is damaged or not a "
                                       f"checkpoint of this project ({reason})") from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
+        reason = " ".join(str(error).split()).split(". ")[0][:160]
+        detail = "the file is empty" if path.stat().st_size == 0 else f"{type(error).__name__}: {reason}"
         raise CheckpointMismatchError(f"{path}: not a readable checkpoint: empty, truncated or damaged "
-                                      f"({type(error).__name__}: {reason})") from None
+                                      f"({detail})") from None
     if not isinstance(checkpoint, dict):
         raise CheckpointMismatchError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint dict")
     return checkpoint
@@ -104,10 +106,10 @@ def non_finite_keys(state_dict: dict[str, Any]) -> list[str]:
             and not bool(torch.isfinite(value).all())]
 
 
-def check_finite_weights(state_dict: dict[str, Any], source: str) -> None:
+def check_finite_weights(state_dict: dict[str, Any]) -> None:
     bad = non_finite_keys(state_dict)
     if bad:
-        raise CheckpointMismatchError(f"{source}: {len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]}); "
+        raise CheckpointMismatchError(f"{len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]}); "
                                       "the model is unusable: use an earlier checkpoint or train again")
 
 
@@ -220,7 +222,7 @@ class TwinVerificationModel(nn.Module):
             raise CheckpointMismatchError(f"checkpoint lacks {missing}; is it a best.pth from training?")
         if not isinstance(checkpoint["model_config"], dict) or not isinstance(checkpoint["model_state_dict"], dict):
             raise CheckpointMismatchError("checkpoint's model_config and model_state_dict must be dicts")
-        check_finite_weights(checkpoint["model_state_dict"], "checkpoint")
+        check_finite_weights(checkpoint["model_state_dict"])
         config = ModelConfig.from_dict(checkpoint["model_config"])
         recorded = checkpoint["frozen_files"]["adaface"]
         if recorded is not None and adaface_checkpoint is not None:

@@ -139,7 +139,8 @@ def _read_checkpoint(path: Path, trust_checkpoint: bool) -> object:
                 f"{path}: weights-only loading refused {refused}. A checkpoint is a pickle; only "
                 f"tensors, plain containers and {', '.join(LIGHTNING_CLASS_NAMES)} are allowed. "
                 "If the file is an AdaFace checkpoint from a source you trust, rerun with "
-                "--trust-checkpoint (trust_checkpoint=True): full unpickling can run arbitrary "
+                "--trust-checkpoint (a flag of train_twin_verification.py, evaluate.py, inference.py and "
+                "export_onnx.py; trust_checkpoint=True from Python): full unpickling can run arbitrary "
                 f"code{damaged}."
             ) from error
         warnings.warn(f"{path}: fully unpickling a trusted checkpoint ({refused})", stacklevel=3)

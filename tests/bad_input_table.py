@@ -181,7 +181,7 @@ def build_cases(root: Path, data: dict[str, Path], run_dir: Path, adaface_file: 
     key = next(k for k in wrong["model_state_dict"] if k.startswith("projection") and k.endswith("weight"))
     wrong["model_state_dict"][key] = torch.zeros(3, 3)
     torch.save(wrong, files["wrong_shape"])
-    files["malicious"].write_bytes(pickle.dumps({"model_state_dict": PayloadThatRunsCode()}))
+    files["malicious"].write_bytes(pickle.dumps({"model_state_dict": PayloadThatRunsCode()}, protocol=2))
     nan = {**saved, "model_state_dict": dict(saved["model_state_dict"])}
     nan["model_state_dict"][key] = torch.full_like(nan["model_state_dict"][key], float("nan"))
     torch.save(nan, files["nan"])
