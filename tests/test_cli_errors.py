@@ -299,3 +299,20 @@ def test_the_pixel_limit_is_checked_before_decoding_and_is_a_setting(tmp_path):
         decode_image_bytes(data, "huge.png")
     with pytest.raises(ImageDecodeError, match="more than the limit of 10"):
         decode_image_bytes(face_png_with_huge_header(tmp_path / "small.png", 8, 8).read_bytes(), "x", max_pixels=10)
+
+
+def test_evaluation_refuses_nan_embeddings(synthetic_data, tmp_path):
+    import distributed
+    import evaluate
+    import model_runner
+    from triplet_dataset import FaceDataIndex
+
+    config = tiny_train_config(synthetic_data, tmp_path / "run")
+    index = FaceDataIndex.load(*(synthetic_data[k] for k in ("face_parts_dataset_path", "tensor_dataset_path",
+                                                             "twin_pairs_path")))
+    model = model_runner.build_model(config)
+    with torch.no_grad():
+        model.projection[2].bias.fill_(float("nan"))
+    global_all = torch.nn.functional.normalize(torch.randn(len(index.images), 512), dim=1)
+    with pytest.raises(evaluate.NonFiniteScoresError, match="combined model gives NaN"):
+        evaluate.split_embeddings(model, index, index.persons[:4], global_all, config, distributed.Context())
