@@ -33,18 +33,36 @@ def temporary_sibling(path: Path) -> Path:
             continue
 
 
+def naming(error: OSError, path: Path) -> OSError:
+    """The same error, naming `path` (a failed write on an open file names nothing; a
+    temporary's name means little to the user)."""
+    if error.errno is None:
+        return error
+    named = type(error)(error.errno, error.strerror, str(path))
+    named.__cause__ = error
+    return named
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically; an OS error (full disk, read-only folder) names `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = temporary_sibling(path)
+    except OSError as error:
+        if error.filename is not None and TEMP_MARKER not in str(error.filename):
+            raise
+        raise naming(error, path.parent) from None
     try:
         with open(temporary, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise naming(error, path) from None
         raise
 
 

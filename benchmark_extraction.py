@@ -13,11 +13,13 @@ share of landmarker-only throughput that the whole extraction keeps.
 from __future__ import annotations
 
 import argparse
+import sys
 import multiprocessing
 import tempfile
 import time
 from pathlib import Path
 
+from cli_errors import cli_main
 from face_images import FaceLandmarkDetector, NoFaceError, read_image
 from face_parts_extractor import dataset_from_folders, extract_dataset
 
@@ -82,7 +84,8 @@ def whole_extraction(dataset: dict[str, list[str]], workers: int, model: str, sc
     return sum(map(len, dataset.values())) / timed_extraction(dataset, workers, model, scratch)
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-folder", type=Path, default=Path("../shared/faces"))
     parser.add_argument("--repeat", type=int, default=40, help="list every photo this many times "
@@ -105,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"workers={workers}: decode+landmarker {only:7.1f} img/s | whole extraction {whole:7.1f} img/s "
               f"| ratio {whole / only:6.1%}")
 
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

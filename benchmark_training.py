@@ -14,6 +14,7 @@ about 402 GFLOP per full-size triplet (forward + backward) and the GPU's bf16 pe
 from __future__ import annotations
 
 import argparse
+import sys
 import resource
 import tempfile
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 import distributed
+from cli_errors import cli_main
 from synthetic_extraction import write_synthetic_extraction
 from train_config import TrainConfig
 from model_runner import autocast_dtype, build_model, grad_scaler, uses_channels_last
@@ -80,7 +82,8 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, plus cuda when present")
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["small", "full"])
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
                   f"{result['compute_ms']:8.1f} | peak memory {result['peak_memory_gib']:.2f} GiB{share} "
                   f"({time.perf_counter() - started:.0f} s)")
 
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

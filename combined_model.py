@@ -16,6 +16,7 @@ file they were trained with; AdaFace itself is loaded from that file.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from atomic_files import sha256_of_file
+from cli_errors import ExpectedError
 from face_parts_model import FacePartsModel
 from net import ADAFACE_EMBEDDING_DIM, build_adaface, load_adaface
 
@@ -48,7 +50,7 @@ class _Default:
 DEFAULT = _Default()
 
 
-class CheckpointMismatchError(RuntimeError):
+class CheckpointMismatchError(ExpectedError, RuntimeError):
     """A checkpoint that does not fit the model or the frozen files on this machine."""
 
 
@@ -70,6 +72,45 @@ class ModelConfig:
         if unknown:
             raise CheckpointMismatchError(f"unknown model config keys {unknown}; known: {sorted(known)}")
         return cls(**values)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint file as a dict, loaded weights-only (tensors and plain containers, never code).
+
+    A missing, empty, truncated or unsafe file is a `CheckpointMismatchError` naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointMismatchError(f"{path}: checkpoint not found" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        text = str(error).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0]
+        reason = " ".join(text.split()).split(". ")[0][:200]
+        raise CheckpointMismatchError(f"{path}: refused by weights-only loading, so it is damaged or not a "
+                                      f"checkpoint of this project ({reason})") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        reason = " ".join(str(error).split()).split(". ")[0][:160]
+        detail = "the file is empty" if path.stat().st_size == 0 else f"{type(error).__name__}: {reason}"
+        raise CheckpointMismatchError(f"{path}: not a readable checkpoint: empty, truncated or damaged "
+                                      f"({detail})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointMismatchError(f"{path}: holds a {type(checkpoint).__name__}, not a checkpoint dict")
+    return checkpoint
+
+
+def non_finite_keys(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in `state_dict` that hold NaN or infinity."""
+    return [key for key, value in state_dict.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and value.device.type != "meta"
+            and not bool(torch.isfinite(value).all())]
+
+
+def check_finite_weights(state_dict: dict[str, Any]) -> None:
+    bad = non_finite_keys(state_dict)
+    if bad:
+        raise CheckpointMismatchError(f"{len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]}); "
+                                      "the model is unusable: use an earlier checkpoint or train again")
 
 
 class TwinOutput(NamedTuple):
@@ -169,27 +210,33 @@ class TwinVerificationModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | dict, adaface_checkpoint: str | None = None,
-                        map_location: str | torch.device = "cpu") -> "TwinVerificationModel":
+                        map_location: str | torch.device = "cpu",
+                        trust_checkpoint: bool = False) -> "TwinVerificationModel":
         """Rebuild a trained model. `adaface_checkpoint` overrides where the AdaFace file is
-        (it must be the file the model was trained with: its sha256 is checked)."""
+        (it must be the file the model was trained with: its sha256 is checked). Weights that
+        hold NaN or infinity, or that do not fit the architecture, are refused."""
         if not isinstance(checkpoint, dict):
-            path = Path(checkpoint)
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: checkpoint not found")
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+            checkpoint = read_checkpoint(checkpoint, map_location)
         missing = [k for k in ("model_state_dict", "model_config", "frozen_files") if k not in checkpoint]
         if missing:
             raise CheckpointMismatchError(f"checkpoint lacks {missing}; is it a best.pth from training?")
+        if not isinstance(checkpoint["model_config"], dict) or not isinstance(checkpoint["model_state_dict"], dict):
+            raise CheckpointMismatchError("checkpoint's model_config and model_state_dict must be dicts")
+        check_finite_weights(checkpoint["model_state_dict"])
         config = ModelConfig.from_dict(checkpoint["model_config"])
         recorded = checkpoint["frozen_files"]["adaface"]
         if recorded is not None and adaface_checkpoint is not None:
             config = ModelConfig.from_dict({**asdict(config), "adaface_checkpoint": str(adaface_checkpoint)})
-        model = cls(**asdict(config))
+        model = cls(**asdict(config), trust_checkpoint=trust_checkpoint)
         if recorded is not None:
             actual = model.frozen_files()["adaface"]["sha256"]
             if actual != recorded["sha256"]:
                 raise CheckpointMismatchError(
                     f"{config.adaface_checkpoint} has sha256 {actual}, but the model was trained with "
                     f"{recorded['path']} (sha256 {recorded['sha256']}); give that file")
-        model.load_state_dict(checkpoint["model_state_dict"])
+        try:
+            model.load_state_dict(checkpoint["model_state_dict"])
+        except RuntimeError as error:  # strict loading: weights that do not fit the architecture
+            raise CheckpointMismatchError(f"its weights do not fit the model its model_config builds with this "
+                                          f"code: {' '.join(str(error).split())[:300]} …") from None
         return model.eval()

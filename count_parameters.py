@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
+from cli_errors import cli_main
 from combined_model import TwinVerificationModel
 from face_parts_model import PART_BACKBONES
 from net import ADAFACE_ARCHS
@@ -27,7 +29,8 @@ def parameter_table(model: TwinVerificationModel) -> list[tuple[str, int, bool]]
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adaface-arch", choices=ADAFACE_ARCHS, default="ir_50")
     parser.add_argument("--part-backbone", choices=PART_BACKBONES, default="resnet50")
@@ -45,6 +48,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'frozen total':45s} {frozen:>13,}\n{'trainable total':45s} {trainable:>13,}\n"
           f"{'all':45s} {frozen + trainable:>13,}")
 
+    return 0
+
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

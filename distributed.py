@@ -8,10 +8,21 @@ here degrades to a single process, so the same script serves both.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from cli_errors import EXIT_USAGE, ExpectedError
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # the device names scripts accept
+
+
+class DeviceError(ExpectedError, RuntimeError):
+    """A device name that is unknown, or a device this machine does not have."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -30,12 +41,17 @@ class Context:
         return self.world_size > 1
 
 
-def resolve_device(preference: str, local_rank: int) -> torch.device:
+def resolve_device(preference: str | torch.device, local_rank: int) -> torch.device:
+    """`auto` (CUDA when there is one), `cpu`, `cuda` or `cuda:N` as a torch device."""
+    if isinstance(preference, torch.device):
+        preference = str(preference)
+    if DEVICE_PATTERN.fullmatch(preference) is None:
+        raise DeviceError(f"device {preference!r} is unknown; choose auto, cpu, cuda or cuda:N")
     if preference == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(preference)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {preference!r} requested but CUDA is not available here")
+        raise DeviceError(f"device {preference!r} requested but CUDA is not available here; use --device cpu")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
     return device

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -38,14 +37,19 @@ import face_parts_extractor as extractor
 import verification_metrics as vm
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
-from combined_model import TwinVerificationModel
-from train_config import TrainConfig
-from triplet_dataset import DataIndexError, FaceDataIndex
+from cli_errors import ExpectedError, cli_main
+from combined_model import CheckpointMismatchError, TwinVerificationModel, read_checkpoint
+from train_config import ConfigError, TrainConfig
+from triplet_dataset import DataIndexError, FaceDataIndex, load_split
 
 MODELS = ("combined", "adaface")
 TWIN_FAR_RULE = "twin_far"
 THRESHOLD_RULES = (TWIN_FAR_RULE, *vm.THRESHOLD_RULES)
 KINDS = ("twin", "general", "all")
+
+
+class NonFiniteScoresError(ExpectedError, ValueError):
+    """Embeddings with NaN or infinity: no metric computed from them would mean anything."""
 
 
 def family_of(index: FaceDataIndex) -> dict[str, str]:
@@ -75,6 +79,11 @@ def split_embeddings(model, index, persons, global_all, config, context) -> dict
                                    runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
     embeddings = {"combined": combined,
                   "adaface": global_all[numbers].numpy()}
+    for name, values in embeddings.items():
+        if not np.isfinite(values).all():
+            raise NonFiniteScoresError(f"the {name} model gives NaN or infinite embeddings for "
+                                       f"{int((~np.isfinite(values).all(axis=1)).sum())} images; its weights or "
+                                       "inputs are broken, so no metric is computed")
     return {"numbers": numbers, "pairs": pairs,
             "scores": {name: vp.cosine_scores(e, pairs) for name, e in embeddings.items()}}
 
@@ -184,16 +193,28 @@ def summary_table(report: dict[str, Any]) -> str:
 def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = None, twin_pairs: Path | None = None,
              adaface_checkpoint: str | None = None, threshold_rule: str = TWIN_FAR_RULE, bootstrap: int = 1000,
              store_threshold: bool = True, device: str = "auto", workers: int = 2,
-             progress: bool = True, target_twin_far: float | None = None) -> dict[str, Any]:
+             progress: bool = True, target_twin_far: float | None = None,
+             trust_checkpoint: bool = False) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (also written to OUTPUT/report.json).
 
     `target_twin_far` (for the `twin_far` rule) defaults to the one training used."""
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-    config = TrainConfig.from_dict(checkpoint["config"], str(checkpoint_path))
+    context = distributed.Context(device=distributed.resolve_device(device, 0))
+    checkpoint = read_checkpoint(checkpoint_path)
+    missing = [k for k in ("config", "part_crop_size") if k not in checkpoint]
+    if missing or not isinstance(checkpoint.get("config"), dict):
+        raise CheckpointMismatchError(f"{checkpoint_path}: lacks {missing or ['a config dict']}; evaluation "
+                                      "needs the best.pth that training writes (checkpoints/best.pth)")
+    try:
+        config = TrainConfig.from_dict(checkpoint["config"], str(checkpoint_path))
+    except ConfigError as error:
+        raise CheckpointMismatchError(str(error)) from None
     target_twin_far = config.target_twin_far if target_twin_far is None else target_twin_far
     config = replace(config, num_workers=workers, device=device, progress=progress)
-    context = distributed.Context(device=distributed.resolve_device(device, 0))
-    model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint).to(context.device)
+    try:
+        model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint,
+                                                      trust_checkpoint=trust_checkpoint).to(context.device)
+    except CheckpointMismatchError as error:
+        raise CheckpointMismatchError(f"{checkpoint_path}: {error}") from None
     output.mkdir(parents=True, exist_ok=True)
     if jpg_dataset is not None:
         if twin_pairs is None:
@@ -211,7 +232,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         run_dir = checkpoint_path.resolve().parent.parent
         index = FaceDataIndex.load(Path(config.face_parts_dataset_path), Path(config.tensor_dataset_path),
                                    Path(config.twin_pairs_path))
-        split = json.loads((run_dir / "split.json").read_text())
+        split = load_split(run_dir / "split.json", index)
         if not split["test"]:
             raise DataIndexError(f"{run_dir / 'split.json'} has no test identities (trained with test_split 0); "
                                  "evaluate on a separate --jpg-dataset instead")
@@ -238,6 +259,9 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         if val is not None:
             threshold, rule = choose_threshold(val["scores"][name], val["pairs"], threshold_rule, target_twin_far)
         elif name == "combined":
+            if checkpoint.get("threshold") is None:
+                raise CheckpointMismatchError(f"{checkpoint_path}: holds no decision threshold (its validation had "
+                                              "no impostor pairs); evaluate on the run's own split instead")
             threshold, rule = float(checkpoint["threshold"]), checkpoint.get("threshold_rule")
         else:
             threshold, rule = None, None
@@ -260,6 +284,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     return report
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Evaluate a twin model and AdaFace alone on unseen identities.")
     parser.add_argument("--checkpoint", type=Path, default=Path("twin_verification_training/checkpoints/best.pth"))
@@ -276,18 +301,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of twin families for the "
                         "confidence intervals; 0 = none (default: 1000)")
     parser.add_argument("--no-store-threshold", action="store_true", help="leave the checkpoint untouched")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow full unpickling of an AdaFace file that weights-only loading refuses "
+                             "(only for a file from a source you trust: it can run code)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     output = args.output_dir or args.checkpoint.resolve().parent.parent / "evaluation"
-    try:
-        report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
-                          args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
-                          args.workers, not args.no_progress, args.target_twin_far)
-    except (FileNotFoundError, DataIndexError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if args.bootstrap < 0 or args.workers < 0:
+        parser.error("--bootstrap and --workers must be 0 or more")
+    report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
+                      args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
+                      args.workers, not args.no_progress, args.target_twin_far, args.trust_checkpoint)
     print(f"{report['test_identities']} test identities, {report['test_images']} images; pairs: "
           f"{report['pairs']['genuine']} genuine, {report['pairs']['twin']} twin impostor, "
           f"{report['pairs']['general']} general impostor (of {report['general_impostor_pairs_existing']}); "

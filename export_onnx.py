@@ -18,12 +18,14 @@ The TorchScript-based exporter (`dynamo=False`) still runs in torch 2.14 but war
 it is deprecated and due for removal, so it is not used.
 
 Each graph is run with onnxruntime (CPU) on the same random inputs as PyTorch, for
-batches of 1 and 3; the run fails (exit 1) when a difference exceeds `--tolerance`.
+batches of 1 and 3; the run fails (exit 1) when a difference exceeds `--tolerance` or is NaN
+(weights that hold NaN or infinity are refused before export).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from atomic_files import write_bytes_atomic, write_json_atomic
+from cli_errors import ExpectedError, cli_main
 from combined_model import CheckpointMismatchError, TwinVerificationModel
 from cutout import PART_NAMES
 from face_parts_model import part_encoder_input
@@ -47,7 +50,7 @@ CHECK_BATCH_SIZES = (1, 3)
 EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
 
 
-class OnnxCheckError(RuntimeError):
+class OnnxCheckError(ExpectedError, RuntimeError):
     """An exported graph that does not reproduce PyTorch's outputs."""
 
 
@@ -115,6 +118,11 @@ def export_onnx(model: TwinVerificationModel, crop_size: int, output_dir: str | 
     return paths
 
 
+def worse(a: float, b: float) -> float:
+    """The larger difference, where NaN is the worst of all (`max(0.0, nan)` would be 0.0)."""
+    return math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+
+
 def _max_difference(onnx_value: np.ndarray, torch_value: torch.Tensor) -> float:
     if onnx_value.shape != tuple(torch_value.shape):
         raise OnnxCheckError(f"ONNX output shape {onnx_value.shape} differs from PyTorch's {tuple(torch_value.shape)}")
@@ -150,7 +158,7 @@ def check_onnx(model: TwinVerificationModel, paths: dict[str, Path], crop_size: 
             "embedding": _max_difference(embedding, model(None, parts, inputs["global_embedding"]).embedding),
             "end_to_end": _max_difference(chained, model(inputs["face"], parts).embedding),
         }
-        worst = {name: max(worst[name], differences[name]) for name in worst}
+        worst = {name: worse(worst[name], differences[name]) for name in worst}
     return worst
 
 
@@ -162,18 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest difference from PyTorch accepted (default %(default)g)")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow full unpickling of an AdaFace file that weights-only loading refuses "
+                             "(only for a file from a source you trust: it can run code)")
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     from inference import load_twin_checkpoint
 
     args = build_parser().parse_args(argv)
-    try:
-        model, info = load_twin_checkpoint(args.checkpoint, args.adaface_checkpoint, "cpu")
-    except (OSError, CheckpointMismatchError, AdaFaceCheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    if not args.tolerance >= 0:
+        build_parser().error("--tolerance must be a number ≥ 0")
+    model, info = load_twin_checkpoint(args.checkpoint, args.adaface_checkpoint, "cpu", args.trust_checkpoint)
     crop_size = info["part_crop_size"]
     paths = export_onnx(model, crop_size, args.output_dir, args.opset)
     differences = check_onnx(model, paths, crop_size)

@@ -22,21 +22,25 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import cutout
+from cli_errors import ExpectedError
 
 DEFAULT_LANDMARKER_MODEL = Path(__file__).resolve().parent / "pretrained" / "face_landmarker.task"
 MAX_FACES = 4  # several faces are detected so the largest can be chosen
+# Photos above this are refused before decoding (a 100-megapixel RGB photo takes 300 MB
+# decoded); scripts take it as `--max-pixels`. Pillow's own, fixed limit is replaced by this one.
+DEFAULT_MAX_PIXELS = 100_000_000
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ExpectedError, ValueError):
     """A file that is missing, empty, truncated or not an image."""
 
 
-class NoFaceError(ValueError):
+class NoFaceError(ExpectedError, ValueError):
     """A readable photo in which the landmarker found no face."""
 
 
-class LandmarkerModelError(FileNotFoundError):
+class LandmarkerModelError(ExpectedError, FileNotFoundError):
     """The Face Landmarker bundle is missing."""
 
 
@@ -49,16 +53,44 @@ class FaceInputs:
     landmarks_px: np.ndarray          # float32 (478, 3): x, y in pixels; z as MediaPipe gives it
 
 
-def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode an encoded photo to RGB uint8 `H×W×3`, applying its EXIF orientation."""
+def to_rgb8(image: Image.Image) -> np.ndarray:
+    """RGB uint8 `H×W×3` of a decoded image of any mode.
+
+    16-bit and 32-bit integer images are scaled from their full range (0..65535 for 16-bit
+    files), float images from 0..1, so that a 16-bit photo is not clipped to near white
+    the way a plain conversion to 8 bits would clip it.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        if image.mode == "F":
+            scaled = values * 255.0 if values.size and np.nanmax(values) <= 1.0 else values
+        else:
+            scaled = values / 257.0  # 65535 → 255
+        grey = np.clip(np.nan_to_num(np.rint(scaled)), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))
+
+
+def decode_image_bytes(data: bytes, name: str = "<bytes>", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode an encoded photo to RGB uint8 `H×W×3`, applying its EXIF orientation.
+
+    A photo with more than `max_pixels` pixels is refused from its header, before decoding.
+    """
     if not data:
         raise ImageDecodeError(f"{name}: empty file")
 
+    Image.MAX_IMAGE_PIXELS = None  # the limit below replaces Pillow's fixed one
     try:
         with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageDecodeError(f"{name}: {width}×{height} = {width * height:,} pixels, more than the limit "
+                                       f"of {max_pixels:,}; shrink the photo or raise --max-pixels")
             image.load()  # a truncated file fails here rather than decoding half a picture
             image = ImageOps.exif_transpose(image)
-            rgb = np.asarray(image.convert("RGB"))
+            rgb = to_rgb8(image)
+    except ImageDecodeError:
+        raise
     except UnidentifiedImageError:
         raise ImageDecodeError(f"{name}: not an image file (unrecognised format)") from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -68,7 +100,7 @@ def decode_image_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
     return rgb
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read and decode a photo file to RGB uint8; errors name the file and the reason."""
     path = Path(path)
     try:
@@ -79,7 +111,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageDecodeError(f"{path}: is a directory, not an image") from None
     except OSError as error:
         raise ImageDecodeError(f"{path}: cannot read ({error.strerror})") from None
-    return decode_image_bytes(data, str(path))
+    return decode_image_bytes(data, str(path), max_pixels)
 
 
 @contextmanager

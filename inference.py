@@ -8,7 +8,8 @@ A photo goes through the same steps as in extraction and training (`face_images`
 `part_crop_size` + the aligned BGR face → unit-length embedding. Two photos show the same
 person when the cosine similarity of their embeddings is at least the threshold stored in
 the checkpoint. Exit status: 0 on a decision (or every photo embedded), 1 on bad input
-(the message names the file), 2 on bad arguments, 3 when `--embed` could not embed some photos.
+(the message names the file), 2 on bad arguments, 3 when `--embed` could not embed some photos
+(`cli_errors` lists every code). `--embed` never replaces an existing output with an empty one.
 
 The original AdaFace helpers for the global branch alone are kept: `load_pretrained_model`,
 `to_input` and `adaface_feature`.
@@ -19,8 +20,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
-import pickle
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,20 +31,25 @@ import numpy as np
 import torch
 
 from atomic_files import write_bytes_atomic
-from combined_model import CheckpointMismatchError, TwinVerificationModel, default_adaface_checkpoint
+from cli_errors import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, ExpectedError, cli_main
+from combined_model import CheckpointMismatchError, TwinVerificationModel, default_adaface_checkpoint, read_checkpoint
 from cutout import PART_NAMES
-from face_images import (DEFAULT_LANDMARKER_MODEL, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector, ImageDecodeError,
-                         NoFaceError, face_inputs, read_image)
+from distributed import resolve_device
+from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, FaceInputs,
+                         FaceLandmarkDetector, ImageDecodeError, NoFaceError, face_inputs, read_image)
 from face_parts_model import part_encoder_input
 from net import AdaFaceCheckpointError, IRBackbone, adaface_input_tensor, load_adaface
 
-EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 3
 IMAGE_ERRORS = (ImageDecodeError, NoFaceError)  # a bad photo: reported, never a crash
 ImageSource = Union[str, os.PathLike, np.ndarray]  # a photo file, or decoded RGB uint8 H×W×3
 
 
-class NoThresholdError(ValueError):
+class NoThresholdError(ExpectedError, ValueError):
     """A decision was asked for, but the checkpoint holds no threshold."""
+
+
+class NonFiniteEmbeddingError(ExpectedError, ValueError):
+    """The model produced NaN or infinity for a photo: no decision can be made from it."""
 
 
 # ---- the AdaFace global branch alone (the original AdaFace inference helpers) ----------------
@@ -70,27 +76,23 @@ def adaface_feature(model: IRBackbone, input_tensor: torch.Tensor) -> tuple[torc
 # ---- the twin model ---------------------------------------------------------------------------
 
 def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None = None,
-                         device: str | torch.device = "cpu") -> tuple[TwinVerificationModel, dict[str, Any]]:
-    """The model of a `best.pth` (eval mode, on `device`) and the checkpoint's other fields."""
+                         device: str | torch.device = "cpu",
+                         trust_checkpoint: bool = False) -> tuple[TwinVerificationModel, dict[str, Any]]:
+    """The model of a `best.pth` (eval mode, on `device`) and the checkpoint's other fields.
+    `trust_checkpoint` allows full unpickling of an AdaFace file that weights-only loading refuses."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise CheckpointMismatchError(f"{path}: not a readable checkpoint ({error})") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("part_crop_size"), int):
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint.get("part_crop_size"), int):
         raise CheckpointMismatchError(f"{path}: no integer 'part_crop_size'; inference needs the best.pth "
                                       "that training writes (checkpoints/best.pth)")
+    threshold = checkpoint.get("threshold")
+    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
+        raise CheckpointMismatchError(f"{path}: its threshold {threshold!r} is not a finite number")
     try:
-        model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint)
+        model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint,
+                                                      trust_checkpoint=trust_checkpoint)
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(f"{path}: {error}") from None
-    except AdaFaceCheckpointError:
-        raise  # names the AdaFace file and what to do
-    except RuntimeError as error:  # strict loading: weights that do not fit the architecture
-        raise CheckpointMismatchError(f"{path}: its weights do not fit the model its model_config builds "
-                                      f"with this code: {' '.join(str(error).split())[:300]} …") from None
     info = {k: v for k, v in checkpoint.items() if k != "model_state_dict"}
     return model.to(device).eval(), info
 
@@ -122,8 +124,10 @@ class TwinVerifier:
 
     def __init__(self, model: TwinVerificationModel, detector: FaceLandmarkDetector, part_crop_size: int,
                  threshold: float | None, global_branch: str, source: str = "<model>",
-                 threshold_rule: str | None = None):
+                 threshold_rule: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        """`max_pixels`: larger photos are refused before they are decoded."""
         self.model, self.detector = model.eval(), detector
+        self.max_pixels = max_pixels
         self.part_crop_size, self.threshold, self.threshold_rule = part_crop_size, threshold, threshold_rule
         self.global_branch, self.source = global_branch, source
         self.device = next(model.parameters()).device
@@ -131,12 +135,14 @@ class TwinVerifier:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, adaface_checkpoint: str | None = None,
                         device: str | torch.device = "cpu",
-                        landmarker_model: str | os.PathLike = DEFAULT_LANDMARKER_MODEL) -> "TwinVerifier":
+                        landmarker_model: str | os.PathLike = DEFAULT_LANDMARKER_MODEL,
+                        max_pixels: int = DEFAULT_MAX_PIXELS, trust_checkpoint: bool = False) -> "TwinVerifier":
         """`adaface_checkpoint` overrides where the AdaFace file is (its sha256 must match training's)."""
-        model, info = load_twin_checkpoint(path, adaface_checkpoint, device)
+        model, info = load_twin_checkpoint(path, adaface_checkpoint, device, trust_checkpoint)
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
-                   info.get("global_branch", model.global_branch_label), str(path), info.get("threshold_rule"))
+                   info.get("global_branch", model.global_branch_label), str(path), info.get("threshold_rule"),
+                   max_pixels)
 
     def prepare(self, image: ImageSource, name: str | None = None) -> FaceInputs:
         """Parts and aligned face of the largest face in a photo file or an RGB uint8 `H×W×3` array."""
@@ -146,7 +152,7 @@ class TwinVerifier:
                 raise ValueError(f"{name}: expected an RGB uint8 H×W×3 array, got {image.dtype} {image.shape}")
             rgb = image
         else:
-            rgb, name = read_image(image), str(image)
+            rgb, name = read_image(image, self.max_pixels), str(image)
         landmarks = self.detector.detect_largest(rgb, name)
         try:
             return face_inputs(rgb, landmarks, self.part_crop_size)
@@ -160,7 +166,11 @@ class TwinVerifier:
         parts = {part: part_encoder_input(torch.from_numpy(np.stack([f.parts_rgb[part] for f in faces]))
                                           .to(self.device).movedim(-1, -3))
                  for part in PART_NAMES}
-        return self.model(face_tensor, parts).embedding.float().cpu().numpy()
+        embeddings = self.model(face_tensor, parts).embedding.float().cpu().numpy()
+        if not np.isfinite(embeddings).all():
+            raise NonFiniteEmbeddingError(f"{self.source}: the model gives NaN or infinite embeddings; its weights "
+                                          "or inputs are broken, so no decision can be made")
+        return embeddings
 
     def _embed(self, images: Iterable[ImageSource], batch_size: int,
                failures: list[tuple[int, str]] | None) -> tuple[np.ndarray, list[int]]:
@@ -210,6 +220,8 @@ class TwinVerifier:
             raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
                                    "had no impostor pairs); give one (threshold=…, --threshold)")
         similarity = self.similarity(a, b)
+        if not math.isfinite(similarity):
+            raise NonFiniteEmbeddingError(f"{self.source}: the similarity is {similarity}; no decision can be made")
         return Verification(similarity, float(threshold), similarity >= threshold, self.global_branch, rule)
 
     def close(self) -> None:
@@ -230,6 +242,12 @@ def image_files(folder: Path) -> list[Path]:
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
+class NothingEmbeddedError(ExpectedError, ValueError):
+    """`--embed` found no usable photo, so it writes nothing."""
+
+    exit_code = EXIT_SOME_FAILED
+
+
 def embed_folder(verifier: TwinVerifier, folder: Path, output: Path, batch_size: int) -> list[str]:
     """Write `output` (npz: `paths` relative to `folder`, `embeddings` float32 N×D); returns failures."""
     if not folder.is_dir():
@@ -238,6 +256,11 @@ def embed_folder(verifier: TwinVerifier, folder: Path, output: Path, batch_size:
     if not files:
         raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     results = verifier.embed_each(files, batch_size)
+    if not results.ok:
+        for _, message in results.failures:
+            print(f"failed: {message}", file=sys.stderr)
+        raise NothingEmbeddedError(f"{folder}: none of {len(files)} photos could be embedded; {output} was not "
+                                   "written" + (" (the existing file is unchanged)" if output.exists() else ""))
     buffer = io.BytesIO()
     np.savez(buffer, paths=np.array([files[i].relative_to(folder).as_posix() for i in results.ok]),
              embeddings=results.embeddings)
@@ -256,11 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training saw it")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="allow full unpickling of an AdaFace file that weights-only loading refuses "
+                             "(only for a file from a source you trust: it can run code)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_LANDMARKER_MODEL)
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse photos with more pixels than this (default: %(default)s)")
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -270,18 +299,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--embed DIR takes no photos and needs -o OUT.npz")
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
-    try:
-        with TwinVerifier.from_checkpoint(args.checkpoint, args.adaface_checkpoint, args.device,
-                                          args.landmarker_model) as verifier:
-            if args.embed is not None:
-                failures = embed_folder(verifier, args.embed, args.output, args.batch_size)
-                for message in failures:
-                    print(f"failed: {message}", file=sys.stderr)
-                return EXIT_SOME_FAILED if failures else EXIT_OK
-            result = verifier.verify(*args.images, threshold=args.threshold)
-    except (ValueError, OSError, CheckpointMismatchError, AdaFaceCheckpointError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
+    if args.max_pixels < 1:
+        parser.error("--max-pixels must be at least 1")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        parser.error("--threshold must be a finite number")
+    device = resolve_device(args.device, 0)
+    with TwinVerifier.from_checkpoint(args.checkpoint, args.adaface_checkpoint, device, args.landmarker_model,
+                                      args.max_pixels, args.trust_checkpoint) as verifier:
+        if args.embed is not None:
+            failures = embed_folder(verifier, args.embed, args.output, args.batch_size)
+            for message in failures:
+                print(f"failed: {message}", file=sys.stderr)
+            return EXIT_SOME_FAILED if failures else EXIT_OK
+        result = verifier.verify(*args.images, threshold=args.threshold)
     if args.json:
         first, second = (str(p) for p in args.images)
         print(json.dumps({"image_a": first, "image_b": second, **asdict(result), "decision": result.decision}))

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import cutout
 from atomic_files import TEMP_MARKER, atomic_directory, write_json_atomic
+from cli_errors import ExpectedError, cli_main
 from face_images import (DEFAULT_LANDMARKER_MODEL, FaceLandmarkDetector, ImageDecodeError,
                          LandmarkerModelError, NoFaceError, read_image)
 from face_parts_extractor import DatasetFileError, dataset_from_folders
@@ -114,7 +115,7 @@ class TwinDatasetSummary:
     skipped_photos: tuple[str, ...]
 
 
-class OutputFolderError(ValueError):
+class OutputFolderError(ExpectedError, ValueError):
     """An output folder that exists and was not made by this script."""
 
 
@@ -442,18 +443,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.images_per_identity < 1 or args.seed < 0 or (args.max_people is not None and args.max_people < 1):
         parser.error("--images-per-identity and --max-people must be ≥ 1, --seed ≥ 0")
     started = time.perf_counter()
-    try:
-        summary = build_twin_dataset(args.photo_root, args.output_dir, args.images_per_identity, args.seed,
-                                     args.landmarker_model, args.max_people, not args.no_progress)
-    except (DatasetFileError, LandmarkerModelError, OutputFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    summary = build_twin_dataset(args.photo_root, args.output_dir, args.images_per_identity, args.seed,
+                                 args.landmarker_model, args.max_people, not args.no_progress)
     print(f"{summary.people} people → {summary.pairs} twin pairs, {summary.identities} identities, "
           f"{summary.images} images in {summary.output_dir} ({time.perf_counter() - started:.1f} s); "
           f"skipped {len(summary.skipped_people)} people, {len(summary.skipped_photos)} photos")

@@ -108,10 +108,12 @@ def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np
     return distributed.gather_rows(local.float(), len(numbers), context).cpu().numpy()
 
 
-def build_model(config) -> TwinVerificationModel:
-    """The model a training config describes (`config`: a `TrainConfig`), seeded by its seed."""
+def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel:
+    """The model a training config describes (`config`: a `TrainConfig`), seeded by its seed.
+    `trust_checkpoint` allows full unpickling of an AdaFace file that weights-only loading refuses."""
     torch.manual_seed(config.seed)  # the part encoders' and projection's initial weights
     return TwinVerificationModel(
         adaface_arch=config.adaface_arch, face_parts_embedding_dim=config.face_parts_embedding_dim,
         part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
-        adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights)
+        adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
+        trust_checkpoint=trust_checkpoint)

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cli_errors import ExpectedError
+
 ADAFACE_INPUT_SIZE = 112
 ADAFACE_EMBEDDING_DIM = 512
 # Units per stage, as in the official `get_blocks`; the official code calls IR-100 "ir_101".
@@ -137,7 +139,8 @@ def _read_checkpoint(path: Path, trust_checkpoint: bool) -> object:
                 f"{path}: weights-only loading refused {refused}. A checkpoint is a pickle; only "
                 f"tensors, plain containers and {', '.join(LIGHTNING_CLASS_NAMES)} are allowed. "
                 "If the file is an AdaFace checkpoint from a source you trust, rerun with "
-                "--trust-checkpoint (trust_checkpoint=True): full unpickling can run arbitrary "
+                "--trust-checkpoint (a flag of train_twin_verification.py, evaluate.py, inference.py and "
+                "export_onnx.py; trust_checkpoint=True from Python): full unpickling can run arbitrary "
                 f"code{damaged}."
             ) from error
         warnings.warn(f"{path}: fully unpickling a trusted checkpoint ({refused})", stacklevel=3)
@@ -188,7 +191,7 @@ def load_adaface(path: str | Path, arch: str = "ir_50", trust_checkpoint: bool =
     return model.eval()
 
 
-class AdaFaceCheckpointError(RuntimeError):
+class AdaFaceCheckpointError(ExpectedError, RuntimeError):
     """An AdaFace checkpoint is missing, unreadable, refused as unsafe, or does not fit the model."""
 
 

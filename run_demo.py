@@ -24,6 +24,7 @@ from pathlib import Path
 
 import evaluate
 import face_parts_extractor as extractor
+from cli_errors import cli_main
 from combined_model import default_adaface_checkpoint
 from demo_photos import PhotoSourceError, sample_photos
 from make_twin_demo import build_twin_dataset
@@ -88,6 +89,7 @@ def run_demo(photos: Path | None, output: Path, epochs: int, images_per_identity
     return {"twin_eer": twin, "minutes": minutes, "report": report}
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, help="folder with one sub-folder of photos per person")
@@ -95,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=DEMO_TRAINING["num_epochs"])
     parser.add_argument("--images-per-identity", type=int, default=10)
     args = parser.parse_args(argv)
-    try:
-        run_demo(args.photos, args.output_dir, args.epochs, args.images_per_identity)
-    except PhotoSourceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    run_demo(args.photos, args.output_dir, args.epochs, args.images_per_identity)
     return 0
 
 

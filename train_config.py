@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cli_errors import EXIT_USAGE, ExpectedError
+from distributed import DEVICE_PATTERN
 from face_parts_model import PART_BACKBONES
 from net import ADAFACE_ARCHS
 
@@ -24,11 +27,13 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
-                              "target_twin_far"})
+                              "target_twin_far", "trust_checkpoint"})
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A config value or file that cannot be used; the message names the key."""
+
+    exit_code = EXIT_USAGE
 
 
 def _key(help_text: str, **kwargs) -> Any:
@@ -97,6 +102,9 @@ class TrainConfig:
     stop_after_epochs: int = _key("finish this invocation after N more epochs (the run resumes later); "
                                   "0 = run to the end", default=0)
     progress: bool = _key("show progress bars", default=True)
+    trust_checkpoint: bool = _key("allow full unpickling of an AdaFace file that weights-only loading "
+                                  "refuses (only for a file from a source you trust: it can run code)",
+                                  default=False)
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, why: str) -> None:
@@ -113,6 +121,16 @@ class TrainConfig:
         check(0 <= self.twin_negative_fraction <= 1, "twin_negative_fraction", "must be within 0..1")
         check(0 < self.target_twin_far < 1, "target_twin_far", "must be between 0 and 1")
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
+        for key in ("face_parts_embedding_dim", "hidden_dim", "embedding_dim", "log_every_steps"):
+            check(getattr(self, key) >= 1, key, "must be at least 1")
+        for key in ("curriculum_switch_epoch", "early_stopping_patience", "max_general_impostor_pairs",
+                    "num_workers", "stop_after_epochs"):
+            check(getattr(self, key) >= 0, key, "must be 0 or more")
+        for key in ("weight_decay", "warmup_epochs", "grad_clip_norm", "augment_strength"):
+            check(math.isfinite(getattr(self, key)) and getattr(self, key) >= 0, key, "must be a number ≥ 0")
+        for key in ("learning_rate", "triplet_margin"):
+            check(math.isfinite(getattr(self, key)), key, "must be a finite number")
+        check(DEVICE_PATTERN.fullmatch(self.device) is not None, "device", "choose auto, cpu, cuda or cuda:N")
         check(self.freeze_adaface, "freeze_adaface", "fine-tuning AdaFace is not supported: the global "
               "branch is frozen by design and its embeddings are cached")
         for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last"):
@@ -171,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     for item in fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         default = item.default if item.default is not MISSING else None
+        # argparse formats help strings with `%`: a literal one must be doubled.
         kwargs = {"help": item.metadata["help"].replace("%", "%%"), "default": None, "dest": item.name}
         if "choices" in item.metadata:
             kwargs["choices"] = item.metadata["choices"]

@@ -4,8 +4,10 @@
         --tensor-dataset-path extracted_face_parts/tensor_dataset.json --twin-pairs-path twin_pairs.json
     torchrun --nproc_per_node 8 train_twin_verification.py ...     # several GPUs, same flags
 
-Re-running the same command resumes from OUTPUT_DIR/checkpoints/latest.pth; a finished
-epoch is never run twice. OUTPUT_DIR holds split.json (identities per split, twins
+Re-running the same command resumes from OUTPUT_DIR/checkpoints/latest.pth (the folder may be
+named differently or moved in between); a finished epoch is never run twice. One run holds
+OUTPUT_DIR at a time (a lock that dies with its process). Errors are one line on stderr with
+the exit codes of `cli_errors` (1 bad input, 2 bad config, 4 folder in use). OUTPUT_DIR holds split.json (identities per split, twins
 together), checkpoints/latest.pth (everything to resume), checkpoints/best.pth (what
 inference needs; chosen by validation twin EER), logs/ (TensorBoard and
 metrics.jsonl) and cache/ (AdaFace embeddings: the frozen branch runs once per image).
@@ -13,6 +15,7 @@ metrics.jsonl) and cache/ (AdaFace embeddings: the frozen branch runs once per i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -28,17 +31,21 @@ import distributed
 import model_runner as runner
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
-from combined_model import TwinVerificationModel
+from cli_errors import ExpectedError, cli_main
+from combined_model import CheckpointMismatchError, TwinVerificationModel, non_finite_keys, read_checkpoint
 from cutout import PART_NAMES
+from run_folder import locked_run_folder, same_folder
 from train_config import DATA_PATH_KEYS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
 from triplet_dataset import (DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset, TripletDataset, curriculum_stage,
                              draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
 
 CHECKPOINT_FORMAT = 1
 ROLES = ("anchor", "positive", "negative")
+RESUME_KEYS = ("config", "model_state_dict", "optimizer", "scheduler", "scaler", "rng", "epoch", "global_step",
+               "history", "best", "epochs_without_improvement", "finished")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(ExpectedError, RuntimeError):
     """The loss became NaN or infinite; the run stops, keeping the last good checkpoint."""
 
 
@@ -88,11 +95,12 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
 
     Computed once (by the main process, in float32) and kept on disk: the branch is
     frozen, so they never change. The cache is keyed by the AdaFace file's hash, the
-    images and the views, and recomputed if any of these differ.
+    images (path, size and modification time of each input tensor, so that re-extracting
+    into the same paths is noticed) and the views, and recomputed if any of these differ.
     """
     adaface = model.frozen_files()["adaface"]
     key = {"adaface": adaface["sha256"] if adaface else f"untrained:{config.adaface_arch}",
-           "images": hashlib.sha256("\n".join(str(r.tensor_path.resolve()) for r in index.images)
+           "images": hashlib.sha256("\n".join(tensor_file_identity(r.tensor_path) for r in index.images)
                                     .encode()).hexdigest(),
            "views": 1 + (config.face_augment_views if config.augment else 0), "seed": config.seed}
     path = cache_dir / "global_embeddings.pt"
@@ -104,6 +112,15 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
             torch_save_atomic({"key": key, "embeddings": embeddings}, path)
     distributed.barrier(context)
     return torch.load(path, weights_only=True)["embeddings"]
+
+
+def tensor_file_identity(path: Path) -> str:
+    """`path size mtime` of an AdaFace input file; a missing file is named."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise DataIndexError(f"{path}: AdaFace input tensor missing; re-run the extractor") from None
+    return f"{path.resolve()} {status.st_size} {status.st_mtime_ns}"
 
 
 # ---- one epoch of training --------------------------------------------------------------
@@ -244,10 +261,40 @@ def roc_figure(scores: np.ndarray, kinds: np.ndarray, title: str):
 
 # ---- checkpoints ------------------------------------------------------------------------------
 
+class ResumeError(ExpectedError, RuntimeError):
+    """A latest.pth that cannot be resumed from."""
+
+
+def read_resume_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """latest.pth, checked: readable, a resume checkpoint (not a best.pth), finite weights."""
+    recover = (f"move it away (e.g. `mv {path} {path}.broken`) and rerun to start this run again from "
+               "epoch 1, or use another --output-dir")
+    try:
+        saved = read_checkpoint(path, map_location)
+    except CheckpointMismatchError as error:
+        raise ResumeError(f"{error}; cannot resume from it: {recover}") from None
+    missing = [k for k in RESUME_KEYS if k not in saved]
+    if missing:
+        looks = " (it looks like a best.pth, which holds no optimizer state)" if "part_crop_size" in saved else ""
+        raise ResumeError(f"{path}: not a resume checkpoint, it lacks {missing}{looks}; {recover}")
+    if not isinstance(saved["config"], dict):
+        raise ResumeError(f"{path}: its config is not a dict; {recover}")
+    bad = non_finite_keys(saved["model_state_dict"])
+    if bad:
+        raise ResumeError(f"{path}: {len(bad)} weight tensors hold NaN or infinity (e.g. {bad[0]}); {recover}")
+    return saved
+
+
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    """Refuse to resume with settings that change what is computed. The run folder is compared by
+    identity, not spelling: a relative path, a trailing slash or a moved folder still resumes."""
+    if "output_dir" in saved and not same_folder(saved["output_dir"], config.output_dir):
+        print(f"note: {path} was written in {saved['output_dir']}, which still exists; resuming this copy in "
+              f"{config.output_dir}")
     # Runs from before paths were stored absolute hold them relative to the folder they ran in.
     saved = {**saved, **{k: str(Path(saved[k]).resolve()) for k in DATA_PATH_KEYS if isinstance(saved.get(k), str)}}
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RUN_CONTROL_KEYS and saved.get(k) != v)
+    changed = sorted(k for k, v in config.to_dict().items()
+                     if k not in RUN_CONTROL_KEYS and k != "output_dir" and saved.get(k) != v)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(config, k)!r}" for k in changed)
         raise ConfigError(f"{path} was written with different settings ({details}); re-run with the "
@@ -259,9 +306,17 @@ def write_metrics_log(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def run_training(config: TrainConfig, context: distributed.Context | None = None) -> dict[str, Any]:
-    """Train (or resume) according to `config`; returns the final state summary."""
+    """Train (or resume) according to `config`; returns the final state summary.
+
+    The main process holds OUTPUT_DIR's lock throughout: a second run there is refused.
+    """
     config = config.with_absolute_data_paths()
     context = context or distributed.Context(device=distributed.resolve_device(config.device, 0))
+    with locked_run_folder(config.output_dir) if context.is_main else contextlib.nullcontext():
+        return _run_training(config, context)
+
+
+def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str, Any]:
     output = Path(config.output_dir)
     checkpoints, logs = output / "checkpoints", output / "logs"
     latest_path = checkpoints / "latest.pth"
@@ -277,7 +332,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
     distributed.barrier(context)
     split = load_or_make_split(output / "split.json", index, config.train_split, config.test_split, config.seed)
 
-    model = runner.build_model(config)
+    model = runner.build_model(config, trust_checkpoint=config.trust_checkpoint)
     cache = global_cache(model, index, config, context, output / "cache")
     model.to(context.device)
     if runner.uses_channels_last(config.channels_last, context.device):
@@ -299,7 +354,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
         # Read to the CPU whatever device wrote it: the model copies its weights to its own
         # device, the optimiser casts its state to its parameters' device, and the RNG state
         # must be a CPU ByteTensor.
-        saved = torch.load(latest_path, map_location="cpu", weights_only=True)
+        saved = read_resume_checkpoint(latest_path)
         check_resumable(saved["config"], config, latest_path)
         model.load_state_dict(saved["model_state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -409,21 +464,12 @@ def log_epoch(writer, row: dict[str, Any], scores: np.ndarray, kinds: np.ndarray
     writer.flush()
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
-    try:
-        config = parse_config(argv)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = parse_config(argv)
     context = distributed.start(config.device)
     try:
         run_training(config, context)
-    except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except (ConfigError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     finally:
         distributed.stop()
     return 0

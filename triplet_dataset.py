@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from atomic_files import write_json_atomic
+from cli_errors import ExpectedError
 from cutout import PART_NAMES
 from net import adaface_input_tensor
 
@@ -30,7 +32,7 @@ SPLITS = ("train", "val", "test")
 SPLIT_FORMAT_VERSION = 1
 
 
-class DataIndexError(ValueError):
+class DataIndexError(ExpectedError, ValueError):
     """Index or pair files that are missing, malformed or inconsistent; names the file."""
 
 
@@ -73,6 +75,32 @@ def load_twin_pairs(path: Path) -> list[tuple[str, ...]]:
     return groups
 
 
+def _check_parts_index(data, path: Path) -> None:
+    """`{person: {image key: {part: path string}}}`, as the extractor writes it."""
+    if not isinstance(data, dict):
+        raise DataIndexError(f"{path}: expected an object {{person: {{image key: {{part: path}}}}}}, "
+                             f"got a JSON {type(data).__name__}; re-run the extractor")
+    for person, entries in data.items():
+        if not isinstance(entries, dict):
+            raise DataIndexError(f"{path}: {person!r} must map to an object {{image key: {{part: path}}}}")
+        for key, parts in entries.items():
+            if not isinstance(parts, dict):
+                raise DataIndexError(f"{path}: {person}/{key} must be an object {{part: path}}")
+            for part, value in parts.items():
+                if not isinstance(value, str):
+                    raise DataIndexError(f"{path}: {person}/{key}/{part} must be a path string, got {value!r:.60}")
+
+
+def _check_tensor_index(data, path: Path) -> None:
+    """`{person: [path string, ...]}`, as the extractor writes it."""
+    if not isinstance(data, dict):
+        raise DataIndexError(f"{path}: expected an object {{person: [tensor paths]}}, got a JSON "
+                             f"{type(data).__name__}; re-run the extractor")
+    for person, paths in data.items():
+        if not isinstance(paths, list) or not all(isinstance(v, str) for v in paths):
+            raise DataIndexError(f"{path}: {person!r} must map to a list of path strings, got {paths!r:.60}")
+
+
 class FaceDataIndex:
     """Every extracted image with its person, part crops and AdaFace tensor; and the siblings.
 
@@ -101,6 +129,8 @@ class FaceDataIndex:
     def load(cls, face_parts_dataset: Path, tensor_dataset: Path, twin_pairs: Path) -> "FaceDataIndex":
         parts_index = _read_json(face_parts_dataset, "face parts index")
         tensor_index = _read_json(tensor_dataset, "tensor index")
+        _check_parts_index(parts_index, face_parts_dataset)
+        _check_tensor_index(tensor_index, tensor_dataset)
         parts_root, tensor_root = Path(face_parts_dataset).parent, Path(tensor_dataset).parent
         images = []
         for person, entries in sorted(parts_index.items()):
@@ -156,18 +186,50 @@ def split_families(families: list[tuple[str, ...]], train_split: float, test_spl
     return {name: sorted(split[name]) for name in SPLITS}
 
 
+def _sample(names: list[str]) -> str:
+    return f"{names[:5]}{' and %d more' % (len(names) - 5) if len(names) > 5 else ''}"
+
+
+def check_split(saved, index: FaceDataIndex, path: Path) -> dict[str, list[str]]:
+    """The train/val/test identity lists of a saved split, after checking that they are
+    disjoint, keep every twin pair together and match the dataset's identities."""
+    fresh = "train in a new --output-dir, which makes a new split"
+    if not isinstance(saved, dict) or not all(isinstance(saved.get(name), list) for name in SPLITS):
+        raise DataIndexError(f"{path}: expected an object with identity lists 'train', 'val' and 'test'; "
+                             f"it was edited or damaged: restore it, or {fresh}")
+    split = {name: [str(p) for p in saved[name]] for name in SPLITS}
+    where: dict[str, str] = {}
+    for name in SPLITS:
+        for person in split[name]:
+            if person in where and where[person] != name:
+                raise DataIndexError(f"{path}: identity {person!r} is in both {where[person]} and {name}, which "
+                                     f"would leak it across splits; restore the file, or {fresh}")
+            where[person] = name
+    for a, siblings in index.siblings_of.items():
+        for b in (b for b in siblings if a in where and b in where and where[a] != where[b]):
+            raise DataIndexError(f"{path}: twins {a!r} ({where[a]}) and {b!r} ({where[b]}) are in different "
+                                 f"splits; a family stays together: restore the file, or {fresh}")
+    gone = sorted(set(where) - set(index.images_of))
+    if gone:
+        raise DataIndexError(f"{path}: {len(gone)} identities of the saved split have no images in the dataset "
+                             f"now ({_sample(gone)}); bring their photos back and re-extract, or {fresh}")
+    new = sorted(set(index.persons) - set(where))
+    if new:
+        raise DataIndexError(f"{path}: the dataset has identities the saved split lacks ({_sample(new)}); "
+                             f"{fresh}")
+    return split
+
+
+def load_split(path: Path, index: FaceDataIndex) -> dict[str, list[str]]:
+    """A run's saved `split.json`, checked against the dataset (`check_split`)."""
+    return check_split(_read_json(path, "saved split"), index, path)
+
+
 def load_or_make_split(path: Path, index: FaceDataIndex, train_split: float, test_split: float,
                        seed: int) -> dict[str, list[str]]:
-    """The run's saved split, or a new one saved atomically. A saved split is reused as is."""
+    """The run's saved split (checked on every load), or a new one saved atomically."""
     if path.exists():
-        saved = _read_json(path, "saved split")
-        split = {name: saved[name] for name in SPLITS}
-        known = {p for name in SPLITS for p in split[name]}
-        new = sorted(set(index.persons) - known)
-        if new:
-            raise DataIndexError(f"{path}: the dataset has identities the saved split lacks "
-                                 f"({new[:5]}{'…' if len(new) > 5 else ''}); use a new --output-dir")
-        return split
+        return load_split(path, index)
     split = split_families(index.families(), train_split, test_split, seed)
     write_json_atomic(path, {"format_version": SPLIT_FORMAT_VERSION, "seed": seed,
                              "train_split": train_split, "test_split": test_split, **split})
@@ -274,6 +336,9 @@ def read_adaface_tensor(path: Path) -> torch.Tensor:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise DataIndexError(f"{path}: AdaFace input tensor missing; re-run the extractor") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        raise DataIndexError(f"{path}: AdaFace input tensor unreadable (empty, truncated or damaged: "
+                             f"{type(error).__name__}); delete its folder and re-run the extractor") from None
     if not isinstance(tensor, torch.Tensor) or tuple(tensor.shape[-3:]) != (3, 112, 112):
         raise DataIndexError(f"{path}: expected a 3×112×112 AdaFace input tensor")
     return tensor.reshape(3, 112, 112).float()
