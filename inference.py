@@ -30,11 +30,12 @@ import numpy as np
 import torch
 
 from atomic_files import write_bytes_atomic
-from combined_model import CheckpointMismatchError, TwinVerificationModel, default_adaface_checkpoint
+from combined_model import CheckpointMismatchError, TwinVerificationModel
 from cutout import PART_NAMES
 from face_images import (DEFAULT_LANDMARKER_MODEL, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector, ImageDecodeError,
                          NoFaceError, face_inputs, read_image)
 from face_parts_model import part_encoder_input
+from global_branch import GlobalModelError, default_global_model
 from net import AdaFaceCheckpointError, IRBackbone, adaface_input_tensor, load_adaface
 
 EXIT_OK, EXIT_ERROR, EXIT_SOME_FAILED = 0, 1, 3
@@ -50,9 +51,9 @@ class NoThresholdError(ValueError):
 
 def load_pretrained_model(architecture: str = "ir_50", checkpoint: str | os.PathLike | None = None,
                           trust_checkpoint: bool = False) -> IRBackbone:
-    """AdaFace in eval mode, from `checkpoint` or `default_adaface_checkpoint()` (the IR-50 file
+    """AdaFace in eval mode, from `checkpoint` or `default_global_model()` (the IR-50 file
     in `pretrained/`, unless `$TWIN_ADAFACE_CHECKPOINT` points elsewhere)."""
-    return load_adaface(checkpoint or default_adaface_checkpoint(), architecture, trust_checkpoint)
+    return load_adaface(checkpoint or default_global_model(), architecture, trust_checkpoint)
 
 
 def to_input(pil_rgb_image) -> torch.Tensor:
@@ -86,8 +87,8 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
         model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint)
     except CheckpointMismatchError as error:
         raise CheckpointMismatchError(f"{path}: {error}") from None
-    except AdaFaceCheckpointError:
-        raise  # names the AdaFace file and what to do
+    except (AdaFaceCheckpointError, GlobalModelError):
+        raise  # names the global model file and what to do
     except RuntimeError as error:  # strict loading: weights that do not fit the architecture
         raise CheckpointMismatchError(f"{path}: its weights do not fit the model its model_config builds "
                                       f"with this code: {' '.join(str(error).split())[:300]} …") from None
@@ -100,7 +101,7 @@ class Verification:
     similarity: float   # cosine similarity of the two embeddings
     threshold: float    # same person when similarity ≥ threshold
     same_person: bool
-    global_branch: str  # which AdaFace the model was built on
+    global_branch: str  # the global model the twin model was built on (AdaFace IR-50, an ONNX file's name)
 
     @property
     def decision(self) -> str:
@@ -130,7 +131,8 @@ class TwinVerifier:
     def from_checkpoint(cls, path: str | os.PathLike, adaface_checkpoint: str | None = None,
                         device: str | torch.device = "cpu",
                         landmarker_model: str | os.PathLike = DEFAULT_LANDMARKER_MODEL) -> "TwinVerifier":
-        """`adaface_checkpoint` overrides where the AdaFace file is (its sha256 must match training's)."""
+        """`adaface_checkpoint` says where the global model file is (its sha256 must match training's);
+        without it the file is looked for in `$TWIN_ADAFACE_CHECKPOINT`, `pretrained/` and the recorded path."""
         model, info = load_twin_checkpoint(path, adaface_checkpoint, device)
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, help="npz file written by --embed")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training saw it")
+    parser.add_argument("--adaface-checkpoint", help="where the global model file (AdaFace .ckpt or .onnx) is, if "
+                        "not where training saw it; its sha256 must match")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_LANDMARKER_MODEL)
     return parser
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"failed: {message}", file=sys.stderr)
                 return EXIT_SOME_FAILED if failures else EXIT_OK
             result = verifier.verify(*args.images, threshold=args.threshold)
-    except (ValueError, OSError, CheckpointMismatchError, AdaFaceCheckpointError) as error:
+    except (ValueError, OSError, CheckpointMismatchError, AdaFaceCheckpointError, GlobalModelError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:

@@ -73,14 +73,14 @@ def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
 
 def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: TrainConfig,
                  context: distributed.Context, cache_dir: Path) -> torch.Tensor:
-    """AdaFace embeddings `N×V×512` of every image (view 0 plain, then augmented views).
+    """Global-branch embeddings `N×V×G` of every image (view 0 plain, then augmented views).
 
     Computed once (by the main process, in float32) and kept on disk: the branch is
-    frozen, so they never change. The cache is keyed by the AdaFace file's hash, the
-    images and the views, and recomputed if any of these differ.
+    frozen, so they never change. The cache is keyed by the global file's hash and input
+    convention, the images and the views, and recomputed if any of these differ.
     """
-    adaface = model.frozen_files()["adaface"]
-    key = {"adaface": adaface["sha256"] if adaface else f"untrained:{config.adaface_arch}",
+    recorded = model.global_file
+    key = {"adaface": f"{recorded['sha256']}:{recorded['input']}" if recorded else f"untrained:{config.adaface_arch}",
            "images": hashlib.sha256("\n".join(str(r.tensor_path.resolve()) for r in index.images)
                                     .encode()).hexdigest(),
            "views": 1 + (config.face_augment_views if config.augment else 0), "seed": config.seed}
@@ -235,6 +235,21 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
                           "original settings to resume, or use another --output-dir")
 
 
+def check_same_global_file(saved: dict[str, Any], model: TwinVerificationModel, path: Path) -> None:
+    """A run resumes only with the global file (by hash and input convention) it started with."""
+    frozen = saved.get("frozen_files") or {}
+    before = frozen["global"] if "global" in frozen else frozen.get("adaface")
+    now = model.global_file
+    same = (before is None and now is None) or (
+        before is not None and now is not None and before["sha256"] == now["sha256"]
+        and before.get("input") == now["input"])
+    if not same:
+        describe = lambda r: "an untrained global branch" if r is None else f"{r['path']} (sha256 {r['sha256']})"
+        raise ConfigError(f"{path} was trained with {describe(before)}, but this run resolves the global model to "
+                          f"{describe(now)}; give the original file (--adaface-checkpoint or "
+                          "TWIN_ADAFACE_CHECKPOINT) or use another --output-dir")
+
+
 def write_metrics_log(history: list[dict[str, Any]], path: Path) -> None:
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
 
@@ -279,6 +294,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
     if latest_path.exists():
         saved = torch.load(latest_path, map_location=context.device, weights_only=True)
         check_resumable(saved["config"], config, latest_path)
+        check_same_global_file(saved, model, latest_path)
         model.load_state_dict(saved["model_state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
