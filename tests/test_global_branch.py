@@ -229,3 +229,18 @@ def test_real_recogniser_exports_within_tolerance(tmp_path):
     paths = export_onnx.export_onnx(model, 32, tmp_path)
     differences = export_onnx.check_onnx(model, paths, 32)
     assert max(differences.values()) < export_onnx.DEFAULT_TOLERANCE, differences
+
+
+def test_evaluation_names_the_onnx_recogniser(onnx_run, tmp_path):
+    import csv
+
+    import evaluate
+
+    folder, _ = onnx_run
+    report = evaluate.evaluate(folder / "run" / "checkpoints" / "best.pth", tmp_path / "evaluation", bootstrap=0,
+                               store_threshold=False, device="cpu", workers=0, progress=False)
+    assert report["models"]["adaface"]["label"] == "global alone: tiny_recogniser.onnx"
+    assert report["global_branch"] == "tiny_recogniser.onnx"
+    assert "global alone: tiny_recogniser.onnx" in evaluate.summary_table(report)
+    with open(tmp_path / "evaluation" / "pairs.csv") as handle:
+        assert {row["global_model"] for row in csv.DictReader(handle)} == {"tiny_recogniser.onnx"}
