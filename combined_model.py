@@ -1,50 +1,44 @@
-"""The twin verification model: frozen AdaFace (global) + five part encoders (local).
+"""The twin verification model: a frozen global recogniser + five part encoders (local).
 
-    global 512 (AdaFace IR, frozen, unit length)  ┐
-    local 5 × 128 (one encoder per part)          ┴→ 1152 → 512 → 256, L2-normalised
+    global G (AdaFace IR-50: 512, or an ONNX recogniser's size; frozen, unit length)  ┐
+    local 5 × 128 (one encoder per part)                                             ┴→ G+640 → 512 → 256, L2-normalised
 
 The output is unit length, so squared Euclidean distance is `2 − 2·cosine`: the
 triplet loss (which uses Euclidean distance) and cosine-similarity scoring rank pairs
 identically.
 
-AdaFace is frozen for good: no gradients, always in eval mode (its BatchNorm statistics
-never move, whatever `.train()` is called), and it is *not* part of this module's state
-dict. Checkpoints carry the trainable weights, the config and the sha256 of the AdaFace
-file they were trained with; AdaFace itself is loaded from that file.
+The global branch (`global_branch.py`: AdaFace, or any ArcFace-aligned ONNX recogniser)
+is frozen for good: no gradients, always in eval mode (its BatchNorm statistics never
+move, whatever `.train()` is called), and it is *not* part of this module's state dict.
+Checkpoints carry the trainable weights, the config and the path, sha256 and input
+convention of the global file they were trained with; the branch is loaded from that file.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from atomic_files import sha256_of_file
 from cli_errors import ExpectedError
 from face_parts_model import FacePartsModel
+from global_branch import (ADAFACE_INPUT, INSIGHTFACE_INPUT, GlobalModelError, InputConvention, OnnxRecogniser,
+                           default_global_model, file_record, is_onnx, locate_recorded_file)
 from net import ADAFACE_EMBEDDING_DIM, build_adaface, load_adaface
 
-DEFAULT_ADAFACE_CHECKPOINT = str(Path(__file__).resolve().parent / "pretrained" / "adaface_ir50_ms1mv2.ckpt")
-ADAFACE_CHECKPOINT_ENV = "TWIN_ADAFACE_CHECKPOINT"  # overrides the default location
-# Without the AdaFace file the global branch is an *untrained* IR network, initialised
+# Without a global file the global branch is an *untrained* IR network, initialised
 # from this seed so the same weights can be rebuilt from a checkpoint's config alone.
 UNTRAINED_ADAFACE_SEED = 0
-UNTRAINED_LABEL = "UNTRAINED global branch (random AdaFace weights)"
-
-
-def default_adaface_checkpoint() -> str:
-    """Where AdaFace is looked for unless told: `$TWIN_ADAFACE_CHECKPOINT`, else `pretrained/`."""
-    return os.environ.get(ADAFACE_CHECKPOINT_ENV, DEFAULT_ADAFACE_CHECKPOINT)
+UNTRAINED_PREFIX = "UNTRAINED"
 
 
 class _Default:
     def __repr__(self) -> str:
-        return "<default AdaFace checkpoint>"
+        return "<default global model>"
 
 
 DEFAULT = _Default()
@@ -59,11 +53,18 @@ class ModelConfig:
     """Everything needed to rebuild the architecture (stored in every checkpoint)."""
 
     adaface_arch: str = "ir_50"
-    adaface_checkpoint: str | None = None  # path of the AdaFace file; None: untrained global branch
+    adaface_checkpoint: str | None = None  # global file: AdaFace .ckpt or .onnx; None: untrained IR
     face_parts_embedding_dim: int = 128
     part_backbone: str = "resnet50"
     hidden_dim: int = 512
     embedding_dim: int = 256
+    global_input_colour: str = "bgr"        # the global model's input convention (AdaFace: bgr, 127.5, 127.5)
+    global_input_mean: float = 127.5
+    global_input_std: float = 127.5
+
+    @property
+    def global_input(self) -> InputConvention:
+        return InputConvention(self.global_input_colour, self.global_input_mean, self.global_input_std)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
@@ -115,13 +116,32 @@ def check_finite_weights(state_dict: dict[str, Any]) -> None:
 
 class TwinOutput(NamedTuple):
     embedding: torch.Tensor          # B×embedding_dim, unit length: what verification compares
-    global_embedding: torch.Tensor   # B×512, AdaFace's unit-length feature
+    global_embedding: torch.Tensor   # B×G, the global branch's unit-length feature
     parts_embedding: torch.Tensor    # B×(5·D), per-part unit-length features, concatenated
-    combined: torch.Tensor           # B×(512 + 5·D), the projection's input
+    combined: torch.Tensor           # B×(G + 5·D), the projection's input
 
 
-def build_global_branch(arch: str, checkpoint: str | None, trust_checkpoint: bool = False) -> nn.Module:
-    """AdaFace from its checkpoint, or a seeded untrained network when `checkpoint` is None."""
+def global_input_for(checkpoint: str | None, colour: str | None = None, mean: float | None = None,
+                     std: float | None = None) -> InputConvention:
+    """The input convention of a global file: AdaFace's is fixed (BGR); an ONNX recogniser's comes
+    from the arguments, each defaulting to InsightFace's (RGB, (x − 127.5)/127.5)."""
+    if checkpoint is not None and is_onnx(checkpoint):
+        base = INSIGHTFACE_INPUT
+        return InputConvention(colour or base.colour, base.mean if mean is None else mean,
+                               base.std if std is None else std)
+    asked = InputConvention(colour or ADAFACE_INPUT.colour, ADAFACE_INPUT.mean if mean is None else mean,
+                            ADAFACE_INPUT.std if std is None else std)
+    if asked != ADAFACE_INPUT:
+        raise CheckpointMismatchError(f"the AdaFace input is fixed ({ADAFACE_INPUT.describe()}); input "
+                                      f"{asked.describe()} applies only to an ONNX recogniser")
+    return ADAFACE_INPUT
+
+
+def build_global_branch(arch: str, checkpoint: str | None, convention: InputConvention = ADAFACE_INPUT,
+                        trust_checkpoint: bool = False) -> nn.Module:
+    """The ONNX recogniser or AdaFace from its file, or a seeded untrained IR when `checkpoint` is None."""
+    if checkpoint is not None and is_onnx(checkpoint):
+        return OnnxRecogniser(checkpoint, convention)
     if checkpoint is not None:
         return load_adaface(checkpoint, arch, trust_checkpoint=trust_checkpoint)
     with torch.random.fork_rng(devices=[]):
@@ -129,32 +149,52 @@ def build_global_branch(arch: str, checkpoint: str | None, trust_checkpoint: boo
         return build_adaface(arch).eval()
 
 
+def arch_name(arch: str) -> str:
+    return arch.upper().replace("_", "-")  # ir_50 → IR-50
+
+
 class TwinVerificationModel(nn.Module):
     def __init__(self, adaface_arch: str = "ir_50", face_parts_embedding_dim: int = 128,
                  part_backbone: str = "resnet50", hidden_dim: int = 512, embedding_dim: int = 256,
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
-                 trust_checkpoint: bool = False):
-        """`part_weights` only initialises the part encoders (`none`, `imagenet` or a file);
-        `adaface_checkpoint=None` builds an untrained global branch (demos without the file)."""
+                 trust_checkpoint: bool = False, global_input_colour: str | None = None,
+                 global_input_mean: float | None = None, global_input_std: float | None = None):
+        """`adaface_checkpoint`: the global file, an AdaFace `.ckpt` or an ArcFace-aligned `.onnx`
+        recogniser (default: `$TWIN_ADAFACE_CHECKPOINT`, else AdaFace in `pretrained/`); None builds
+        an untrained IR (demos). `global_input_*`: an ONNX recogniser's input convention (default
+        InsightFace's: RGB, mean 127.5, std 127.5). `part_weights` only initialises the part
+        encoders (`none`, `imagenet` or a file)."""
         super().__init__()
         if adaface_checkpoint is DEFAULT:
-            adaface_checkpoint = default_adaface_checkpoint()
-        self.config = ModelConfig(adaface_arch, None if adaface_checkpoint is None else str(adaface_checkpoint),
-                                  face_parts_embedding_dim, part_backbone, hidden_dim, embedding_dim)
-        self.adaface = build_global_branch(adaface_arch, self.config.adaface_checkpoint, trust_checkpoint)
+            adaface_checkpoint = default_global_model()
+        checkpoint = None if adaface_checkpoint is None else str(Path(adaface_checkpoint).resolve())
+        convention = global_input_for(checkpoint, global_input_colour, global_input_mean, global_input_std)
+        self.config = ModelConfig(adaface_arch, checkpoint, face_parts_embedding_dim, part_backbone, hidden_dim,
+                                  embedding_dim, convention.colour, convention.mean, convention.std)
+        self.adaface = build_global_branch(adaface_arch, checkpoint, convention, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
+        # Recorded once: path, sha256 and input convention of the frozen file (None: untrained).
+        self.global_file = None if checkpoint is None else file_record(checkpoint, convention)
         self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights)
         self.projection = nn.Sequential(
-            nn.Linear(ADAFACE_EMBEDDING_DIM + self.face_parts.output_dim, hidden_dim),
+            nn.Linear(self.global_dim + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, embedding_dim))
 
     @property
+    def global_dim(self) -> int:
+        """Width of the global embedding: AdaFace's 512, or what the ONNX recogniser returns."""
+        return getattr(self.adaface, "embedding_dim", ADAFACE_EMBEDDING_DIM)
+
+    @property
     def global_branch_label(self) -> str:
+        """The global model by name: `AdaFace IR-50`, the ONNX file's name, or `UNTRAINED IR-50 …`."""
         if self.config.adaface_checkpoint is None:
-            return UNTRAINED_LABEL
-        return f"AdaFace {self.config.adaface_arch} ({Path(self.config.adaface_checkpoint).name})"
+            return f"{UNTRAINED_PREFIX} {arch_name(self.config.adaface_arch)} (random weights)"
+        if is_onnx(self.config.adaface_checkpoint):
+            return Path(self.config.adaface_checkpoint).name
+        return f"AdaFace {arch_name(self.config.adaface_arch)}"
 
     def train(self, mode: bool = True) -> "TwinVerificationModel":
         super().train(mode)
@@ -163,14 +203,15 @@ class TwinVerificationModel(nn.Module):
 
     @torch.no_grad()
     def embed_global(self, face_tensor: torch.Tensor) -> torch.Tensor:
-        """AdaFace's unit-length 512-D feature for `B×3×112×112` inputs from `adaface_input_tensor`."""
+        """The global branch's unit-length `B×G` feature for `B×3×112×112` inputs from
+        `adaface_input_tensor` (an ONNX recogniser converts them to its own convention)."""
         features, _norms = self.adaface(face_tensor)
         return features
 
     def forward(self, face_tensor: torch.Tensor | None, face_parts_dict: dict[str, torch.Tensor],
                 global_embedding: torch.Tensor | None = None) -> TwinOutput:
         """`face_tensor`: AdaFace inputs (BGR, `(x/255−0.5)/0.5`, B×3×112×112), may be None
-        when `global_embedding` (B×512, precomputed by `embed_global`) is given.
+        when `global_embedding` (B×G, precomputed by `embed_global`) is given.
         `face_parts_dict`: part name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm)."""
         if global_embedding is None:
             if face_tensor is None:
@@ -198,10 +239,9 @@ class TwinVerificationModel(nn.Module):
         full.update({f"adaface.{k}": v for k, v in self.adaface.state_dict(keep_vars=True).items()})
         return super().load_state_dict(full, strict=strict, assign=assign)
 
-    def frozen_files(self) -> dict[str, dict[str, str] | None]:
-        """The frozen files this model depends on, with their sha256 (for checkpoints)."""
-        path = self.config.adaface_checkpoint
-        return {"adaface": None if path is None else {"path": path, "sha256": sha256_of_file(path)}}
+    def frozen_files(self) -> dict[str, dict[str, Any] | None]:
+        """The frozen files this model depends on: path, sha256 and input convention (for checkpoints)."""
+        return {"global": self.global_file}
 
     def deployable_checkpoint(self, **extra: Any) -> dict[str, Any]:
         """What inference needs: trainable weights, config, frozen-file hashes (+ `extra`)."""
@@ -212,9 +252,10 @@ class TwinVerificationModel(nn.Module):
     def from_checkpoint(cls, checkpoint: str | Path | dict, adaface_checkpoint: str | None = None,
                         map_location: str | torch.device = "cpu",
                         trust_checkpoint: bool = False) -> "TwinVerificationModel":
-        """Rebuild a trained model. `adaface_checkpoint` overrides where the AdaFace file is
-        (it must be the file the model was trained with: its sha256 is checked). Weights that
-        hold NaN or infinity, or that do not fit the architecture, are refused."""
+        """Rebuild a trained model. The global file is the one with the recorded sha256: at
+        `adaface_checkpoint` when given (refused when its hash differs), else the first found among
+        `$TWIN_ADAFACE_CHECKPOINT`, `pretrained/` beside the code and the recorded path. Weights
+        that hold NaN or infinity, or that do not fit the architecture, are refused."""
         if not isinstance(checkpoint, dict):
             checkpoint = read_checkpoint(checkpoint, map_location)
         missing = [k for k in ("model_state_dict", "model_config", "frozen_files") if k not in checkpoint]
@@ -224,16 +265,22 @@ class TwinVerificationModel(nn.Module):
             raise CheckpointMismatchError("checkpoint's model_config and model_state_dict must be dicts")
         check_finite_weights(checkpoint["model_state_dict"])
         config = ModelConfig.from_dict(checkpoint["model_config"])
-        recorded = checkpoint["frozen_files"]["adaface"]
-        if recorded is not None and adaface_checkpoint is not None:
-            config = ModelConfig.from_dict({**asdict(config), "adaface_checkpoint": str(adaface_checkpoint)})
-        model = cls(**asdict(config), trust_checkpoint=trust_checkpoint)
+        frozen = checkpoint["frozen_files"]
+        if not isinstance(frozen, dict):
+            raise CheckpointMismatchError("checkpoint's frozen_files must be a dict")
+        recorded = frozen["global"] if "global" in frozen else frozen.get("adaface")  # older checkpoints
         if recorded is not None:
-            actual = model.frozen_files()["adaface"]["sha256"]
-            if actual != recorded["sha256"]:
+            recorded_input = InputConvention(**recorded.get("input", asdict(ADAFACE_INPUT)))
+            if recorded_input != config.global_input:
                 raise CheckpointMismatchError(
-                    f"{config.adaface_checkpoint} has sha256 {actual}, but the model was trained with "
-                    f"{recorded['path']} (sha256 {recorded['sha256']}); give that file")
+                    f"the checkpoint's model_config gives the global input {config.global_input.describe()} but its "
+                    f"frozen_files record {recorded_input.describe()} for {recorded['path']}")
+            try:
+                found = locate_recorded_file(recorded, adaface_checkpoint)
+            except GlobalModelError as error:
+                raise CheckpointMismatchError(str(error)) from None
+            config = replace(config, adaface_checkpoint=str(found))
+        model = cls(**asdict(config), trust_checkpoint=trust_checkpoint)
         try:
             model.load_state_dict(checkpoint["model_state_dict"])
         except RuntimeError as error:  # strict loading: weights that do not fit the architecture

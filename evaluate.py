@@ -1,4 +1,4 @@
-"""Evaluate a trained twin model against AdaFace alone, on identities it never saw.
+"""Evaluate a trained twin model against its global model alone, on identities it never saw.
 
     python evaluate.py --checkpoint twin_verification_training/checkpoints/best.pth
     python evaluate.py --checkpoint best.pth --jpg-dataset twins.json --twin-pairs pairs.json
@@ -59,8 +59,8 @@ def family_of(index: FaceDataIndex) -> dict[str, str]:
 
 def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
                          config: TrainConfig, device: torch.device) -> torch.Tensor:
-    """`len(index.images)×512` AdaFace features, filled for `numbers` (one forward per image)."""
-    result = torch.zeros(len(index.images), 512)
+    """`len(index.images)×G` global-branch features, filled for `numbers` (one forward per image)."""
+    result = torch.zeros(len(index.images), model.global_dim)
     result[numbers] = runner.global_embeddings(model, index, numbers, 0, config.seed, device, config.num_workers,
                                                config.progress)[:, 0]
     return result
@@ -121,13 +121,13 @@ def bootstrap_intervals(scores, pairs, families_a, families_b, resamples: int, s
     return intervals
 
 
-def pair_rows(split_name: str, index: FaceDataIndex, data: dict[str, Any]) -> list[list[Any]]:
+def pair_rows(split_name: str, index: FaceDataIndex, data: dict[str, Any], global_label: str) -> list[list[Any]]:
     pairs, numbers, scores = data["pairs"], data["numbers"], data["scores"]
     rows = []
     for k in range(len(pairs)):
         a, b = index.images[numbers[pairs.first[k]]], index.images[numbers[pairs.second[k]]]
         rows.append([split_name, f"{a.person}/{a.key}", f"{b.person}/{b.key}", a.person, b.person,
-                     vp.KIND_NAMES[int(pairs.kind[k])], f"{scores['combined'][k]:.6f}", f"{scores['adaface'][k]:.6f}"])
+                     vp.KIND_NAMES[int(pairs.kind[k])], f"{scores['combined'][k]:.6f}", f"{scores['adaface'][k]:.6f}", global_label])
     return rows
 
 
@@ -169,14 +169,15 @@ def save_figure(figure, path: Path) -> None:
 
 
 def summary_table(report: dict[str, Any]) -> str:
-    """A short plain-text table of the headline numbers."""
-    lines = [f"{'model':34s} {'impostors':9s} {'EER':>7s} {'EER 95% CI':>15s} {'AUC':>6s} "
+    """A short plain-text table of the headline numbers; each model by its full label."""
+    width = max(len(report["models"][name]["label"]) for name in MODELS)
+    lines = [f"{'model':{width}s} {'impostors':9s} {'EER':>7s} {'EER 95% CI':>15s} {'AUC':>6s} "
              f"{'TAR@1e-2':>9s} {'accuracy':>8s} {'FAR':>7s}   (accuracy and FAR at the model's threshold)"]
     for name in MODELS:
         for kind in KINDS:
             entry = report["models"][name]["test"][kind]
             if entry is None:
-                lines.append(f"{report['models'][name]['label'][:34]:34s} {kind:9s}   (no pairs)")
+                lines.append(f"{report['models'][name]['label']:{width}s} {kind:9s}   (no pairs)")
                 continue
             tar = entry["tar_at_far"]["1e-02"]
             tar_text = f"{100 * tar['tar']:8.2f}%" if tar["reliable"] else "  too few"
@@ -185,7 +186,7 @@ def summary_table(report: dict[str, Any]) -> str:
             ci_text = f"{100 * eer_ci['low']:5.1f}–{100 * eer_ci['high']:5.1f}%" if "low" in eer_ci else "n/a"
             accuracy_text = f"{100 * entry['accuracy']:7.2f}%" if "accuracy" in entry else "n/a"
             far_text = f"{100 * entry['far_at_threshold']:6.2f}%" if "far_at_threshold" in entry else "n/a"
-            lines.append(f"{report['models'][name]['label'][:34]:34s} {kind:9s} {100 * entry['eer']:6.2f}% "
+            lines.append(f"{report['models'][name]['label']:{width}s} {kind:9s} {100 * entry['eer']:6.2f}% "
                          f"{ci_text:>15s} {entry['auc']:6.3f} {tar_text:>9s} {accuracy_text:>8s} {far_text:>7s}")
     return "\n".join(lines)
 
@@ -241,8 +242,8 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     test = split_embeddings(model, index, split["test"], global_all, config, context)
     val = split_embeddings(model, index, split["val"], global_all, config, context) if split["val"] else None
 
-    labels = {"combined": "twin model (global + parts)",
-              "adaface": f"AdaFace alone{' (UNTRAINED)' if model.config.adaface_checkpoint is None else ''}"}
+    labels = {"combined": f"twin model ({model.global_branch_label} + parts)",
+              "adaface": f"global alone: {model.global_branch_label}"}
     families = family_of(index)
     family_a = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].first])
     family_b = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].second])
@@ -273,8 +274,9 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     write_json_atomic(output / "report.json", report)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["split", "image_a", "image_b", "person_a", "person_b", "kind", "score_combined", "score_adaface"])
-    writer.writerows(pair_rows("test", index, test))
+    writer.writerow(["split", "image_a", "image_b", "person_a", "person_b", "kind", "score_combined", "score_global",
+                     "global_model"])
+    writer.writerows(pair_rows("test", index, test, model.global_branch_label))
     write_text_atomic(output / "pairs.csv", buffer.getvalue())
     write_plots(test, labels, output)
     if store_threshold and val is not None:
@@ -286,12 +288,14 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
 
 @cli_main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Evaluate a twin model and AdaFace alone on unseen identities.")
+    parser = argparse.ArgumentParser(description="Evaluate a twin model and its global model alone on unseen "
+                                     "identities.")
     parser.add_argument("--checkpoint", type=Path, default=Path("twin_verification_training/checkpoints/best.pth"))
     parser.add_argument("--output-dir", type=Path, help="default: RUN_DIR/evaluation (or next to the checkpoint)")
     parser.add_argument("--jpg-dataset", type=Path, help="evaluate on these photos instead of the run's test split")
     parser.add_argument("--twin-pairs", type=Path, help="twin pairs of --jpg-dataset")
-    parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training had it")
+    parser.add_argument("--adaface-checkpoint", help="where the global model file (AdaFace .ckpt or .onnx) is, if "
+                        "not where training had it; its sha256 must match")
     parser.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default=TWIN_FAR_RULE,
                         help="how the decision threshold is chosen on validation pairs: twin_far accepts at "
                              "most --target-twin-far of the twin impostors; eer and max_accuracy balance over "

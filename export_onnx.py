@@ -3,14 +3,17 @@
     python export_onnx.py --checkpoint best.pth --output-dir onnx/ [--adaface-checkpoint P] [--opset N]
 
     twin_global.onnx  face B×3×112×112 (BGR, (x/255−0.5)/0.5: `net.adaface_input_tensor`)
-                      → feature B×512 (unit length), norm B×1 (its L2 norm before normalising)
+                      → feature B×G (unit length), norm B×1 (its L2 norm before normalising)
     twin_local.onnx   left_eye, right_eye, nose, mouth, chin B×3×S×S (RGB, ImageNet mean/std:
-                      `face_parts_model.part_encoder_input`) + global_embedding B×512 (`feature`)
+                      `face_parts_model.part_encoder_input`) + global_embedding B×G (`feature`)
                       → embedding B×D (unit length; cosine similarity ≥ threshold: same person)
-    twin_onnx.json    crop size, threshold, global branch and the input contracts
+    twin_onnx.json    crop size, threshold, global model and the input contracts
 
-Two graphs because the global branch is the frozen AdaFace: a deployment can run it once
-per photo and reuse its feature, as training does. The batch dimension is dynamic.
+Two graphs because the global branch is frozen: a deployment can run it once per photo
+and reuse its feature, as training does. The batch dimension is dynamic. When the global
+model is an ONNX recogniser, `twin_global.onnx` is that file's graph with the input
+conversion in front (AdaFace's tensor → the recogniser's colour order and scaling) and the
+normalisation behind, so both kinds of model share one face-input contract.
 
 Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export + onnxscript), the default
 and recommended one since torch 2.9; it takes the dynamic batch as a `torch.export.Dim`.
@@ -37,10 +40,11 @@ from torch import nn
 
 from atomic_files import write_bytes_atomic, write_json_atomic
 from cli_errors import ExpectedError, cli_main
-from combined_model import CheckpointMismatchError, TwinVerificationModel
+from combined_model import TwinVerificationModel
 from cutout import PART_NAMES
 from face_parts_model import part_encoder_input
-from net import ADAFACE_EMBEDDING_DIM, ADAFACE_INPUT_SIZE, AdaFaceCheckpointError
+from global_branch import ADAFACE_INPUT, InputConvention, OnnxRecogniser
+from net import ADAFACE_INPUT_SIZE
 
 GLOBAL_GRAPH, LOCAL_GRAPH, METADATA_FILE = "twin_global.onnx", "twin_local.onnx", "twin_onnx.json"
 GLOBAL_INPUTS, GLOBAL_OUTPUTS = ("face",), ("feature", "norm")
@@ -78,7 +82,7 @@ class LocalBranch(nn.Module):
         return self.model(None, parts, global_embedding=global_embedding).embedding
 
 
-def random_inputs(batch: int, crop_size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def random_inputs(batch: int, crop_size: int, generator: torch.Generator, global_dim: int) -> dict[str, torch.Tensor]:
     """Inputs of both graphs under their contracts: face in [−1, 1], parts from random uint8 crops,
     a unit-length global embedding."""
     inputs = {"face": torch.rand(batch, 3, ADAFACE_INPUT_SIZE, ADAFACE_INPUT_SIZE, generator=generator) * 2 - 1}
@@ -86,7 +90,7 @@ def random_inputs(batch: int, crop_size: int, generator: torch.Generator) -> dic
         crops = torch.randint(0, 256, (batch, 3, crop_size, crop_size), generator=generator, dtype=torch.uint8)
         inputs[part] = part_encoder_input(crops)
     inputs["global_embedding"] = nn.functional.normalize(
-        torch.randn(batch, ADAFACE_EMBEDDING_DIM, generator=generator), dim=1)
+        torch.randn(batch, global_dim, generator=generator), dim=1)
     return inputs
 
 
@@ -104,15 +108,75 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: Sequ
     write_bytes_atomic(path, program.model_proto.SerializeToString())
 
 
+def _conversion_graph(recogniser, opsets, convention: InputConvention, input_name: str, output_name: str):
+    """`face` (AdaFace's BGR `(x − 127.5)/127.5`) → the recogniser's input, as ONNX nodes."""
+    from onnx import TensorProto, helper
+
+    face_shape = ["batch", 3, ADAFACE_INPUT_SIZE, ADAFACE_INPUT_SIZE]
+    # pixels = face·127.5 + 127.5 (BGR), then (pixels − mean)/std: one multiply and one add.
+    scale = ADAFACE_INPUT.std / convention.std
+    shift = (ADAFACE_INPUT.mean - convention.mean) / convention.std
+    initialisers = [helper.make_tensor("conversion_scale", TensorProto.FLOAT, [], [scale]),
+                    helper.make_tensor("conversion_shift", TensorProto.FLOAT, [], [shift])]
+    nodes, source = [], "face"
+    if convention.colour == "rgb":
+        initialisers.append(helper.make_tensor("bgr_to_rgb", TensorProto.INT64, [3], [2, 1, 0]))
+        nodes.append(helper.make_node("Gather", ["face", "bgr_to_rgb"], ["face_rgb"], axis=1))
+        source = "face_rgb"
+    nodes += [helper.make_node("Mul", [source, "conversion_scale"], ["face_scaled"]),
+              helper.make_node("Add", ["face_scaled", "conversion_shift"], [output_name])]
+    graph = helper.make_graph(nodes, "input_conversion",
+                              [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, face_shape)],
+                              [helper.make_tensor_value_info(output_name, TensorProto.FLOAT, face_shape)],
+                              initialisers)
+    return helper.make_model(graph, opset_imports=opsets, ir_version=recogniser.ir_version)
+
+
+def _normalisation_graph(recogniser, opsets, dim: int, input_name: str):
+    """raw `B×G` embedding → `feature` (unit length) and `norm` (`B×1`), with opset-stable nodes."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Mul", [input_name, input_name], ["squares"]),
+             helper.make_node("MatMul", ["squares", "ones"], ["squared_norm"]),
+             helper.make_node("Sqrt", ["squared_norm"], ["norm"]),
+             helper.make_node("Div", [input_name, "norm"], ["feature"])]
+    graph = helper.make_graph(nodes, "normalisation",
+                              [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", dim])],
+                              [helper.make_tensor_value_info("feature", TensorProto.FLOAT, ["batch", dim]),
+                               helper.make_tensor_value_info("norm", TensorProto.FLOAT, ["batch", 1])],
+                              [helper.make_tensor("ones", TensorProto.FLOAT, [dim, 1], [1.0] * dim)])
+    return helper.make_model(graph, opset_imports=opsets, ir_version=recogniser.ir_version)
+
+
+def onnx_recogniser_global_graph(recogniser: OnnxRecogniser):
+    """The global graph of an ONNX recogniser: conversion → the recogniser's own graph → normalisation."""
+    import onnx
+    from onnx import compose
+
+    original = onnx.load(str(recogniser.path))
+    opsets = list(original.opset_import)
+    prefix = "recogniser/"
+    converted = compose.merge_models(
+        _conversion_graph(original, opsets, recogniser.convention, "face", "recogniser_input"), original,
+        io_map=[("recogniser_input", recogniser.input_name)], prefix2=prefix)
+    return compose.merge_models(
+        converted, _normalisation_graph(original, opsets, recogniser.embedding_dim, "raw_embedding"),
+        io_map=[(prefix + recogniser.output_name, "raw_embedding")])
+
+
 def export_onnx(model: TwinVerificationModel, crop_size: int, output_dir: str | Path,
                 opset: int | None = None) -> dict[str, Path]:
     """Write the global and local graphs of a CPU model (put in eval mode) to `output_dir`;
     returns `{"global": path, "local": path}`. `opset` None: the exporter's default."""
     output_dir = Path(output_dir)
-    example = random_inputs(EXAMPLE_BATCH, crop_size, torch.Generator().manual_seed(0))
+    example = random_inputs(EXAMPLE_BATCH, crop_size, torch.Generator().manual_seed(0), model.global_dim)
     paths = {"global": output_dir / GLOBAL_GRAPH, "local": output_dir / LOCAL_GRAPH}
-    _export(GlobalBranch(model).eval(), tuple(example[k] for k in GLOBAL_INPUTS), GLOBAL_INPUTS, GLOBAL_OUTPUTS,
-            paths["global"], opset)
+    if isinstance(model.adaface, OnnxRecogniser):  # already a graph: put the input contract around it
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(paths["global"], onnx_recogniser_global_graph(model.adaface).SerializeToString())
+    else:
+        _export(GlobalBranch(model).eval(), tuple(example[k] for k in GLOBAL_INPUTS), GLOBAL_INPUTS, GLOBAL_OUTPUTS,
+                paths["global"], opset)
     _export(LocalBranch(model).eval(), tuple(example[k] for k in LOCAL_INPUTS), LOCAL_INPUTS, LOCAL_OUTPUTS,
             paths["local"], opset)
     return paths
@@ -143,7 +207,7 @@ def check_onnx(model: TwinVerificationModel, paths: dict[str, Path], crop_size: 
     generator = torch.Generator().manual_seed(seed)
     worst = dict.fromkeys(("feature", "norm_relative", "embedding", "end_to_end"), 0.0)
     for batch in batch_sizes:
-        inputs = random_inputs(batch, crop_size, generator)
+        inputs = random_inputs(batch, crop_size, generator, model.global_dim)
         feeds = {name: tensor.numpy() for name, tensor in inputs.items()}
         feature, norm = sessions["global"].run(list(GLOBAL_OUTPUTS), {k: feeds[k] for k in GLOBAL_INPUTS})
         embedding, = sessions["local"].run(list(LOCAL_OUTPUTS), {k: feeds[k] for k in LOCAL_INPUTS})
@@ -166,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="best.pth from training")
     parser.add_argument("--output-dir", type=Path, required=True)
-    parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training saw it")
+    parser.add_argument("--adaface-checkpoint", help="where the global model file (AdaFace .ckpt or .onnx) is, if "
+                        "not where training saw it; its sha256 must match")
     parser.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
                         help="largest difference from PyTorch accepted (default %(default)g)")
@@ -199,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.output_dir / METADATA_FILE, {
         "global_graph": GLOBAL_GRAPH, "local_graph": LOCAL_GRAPH, "part_crop_size": crop_size,
         "threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
-        "global_branch": info.get("global_branch"), "embedding_dim": model.config.embedding_dim,
+        "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
+        "global_embedding_dim": model.global_dim, "embedding_dim": model.config.embedding_dim,
         "face_input": "BGR, (x/255 - 0.5)/0.5, Bx3x112x112 (net.adaface_input_tensor)",
         "part_inputs": "RGB, x/255 normalised by ImageNet mean/std, Bx3xSxS (part_encoder_input)",
         "max_differences": differences})

@@ -141,7 +141,7 @@ class FaceLandmarkDetector:
         if not model_path.is_file():
             raise LandmarkerModelError(
                 f"{model_path}: Face Landmarker bundle not found. Run `make setup` or "
-                "`python fetch_landmarker.py` to fetch and verify it.")
+                "`python fetch_models.py landmarker` to fetch and verify it.")
         from mediapipe import Image as MpImage, ImageFormat
         from mediapipe.tasks.python import BaseOptions, vision
 

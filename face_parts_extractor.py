@@ -404,7 +404,7 @@ def extract_dataset(dataset: dict[str, list[str]], dataset_dir: Path, output_dir
     """
     if not Path(landmarker_model).is_file():
         raise LandmarkerModelError(f"{landmarker_model}: Face Landmarker bundle not found. Run `make setup` "
-                                   "or `python fetch_landmarker.py` to fetch and verify it.")
+                                   "or `python fetch_models.py landmarker` to fetch and verify it.")
     output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(output_dir, {"format_version": FORMAT_VERSION, "crop_size": settings.crop_size_px,
                                 "image_format": settings.image_format,

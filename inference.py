@@ -31,14 +31,15 @@ import numpy as np
 import torch
 
 from atomic_files import write_bytes_atomic
-from cli_errors import EXIT_ERROR, EXIT_OK, EXIT_SOME_FAILED, ExpectedError, cli_main
-from combined_model import CheckpointMismatchError, TwinVerificationModel, default_adaface_checkpoint, read_checkpoint
+from cli_errors import EXIT_OK, EXIT_SOME_FAILED, ExpectedError, cli_main
+from combined_model import CheckpointMismatchError, TwinVerificationModel, read_checkpoint
 from cutout import PART_NAMES
 from distributed import resolve_device
 from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, FaceInputs,
                          FaceLandmarkDetector, ImageDecodeError, NoFaceError, face_inputs, read_image)
 from face_parts_model import part_encoder_input
-from net import AdaFaceCheckpointError, IRBackbone, adaface_input_tensor, load_adaface
+from global_branch import default_global_model
+from net import IRBackbone, adaface_input_tensor, load_adaface
 
 IMAGE_ERRORS = (ImageDecodeError, NoFaceError)  # a bad photo: reported, never a crash
 ImageSource = Union[str, os.PathLike, np.ndarray]  # a photo file, or decoded RGB uint8 H×W×3
@@ -56,9 +57,9 @@ class NonFiniteEmbeddingError(ExpectedError, ValueError):
 
 def load_pretrained_model(architecture: str = "ir_50", checkpoint: str | os.PathLike | None = None,
                           trust_checkpoint: bool = False) -> IRBackbone:
-    """AdaFace in eval mode, from `checkpoint` or `default_adaface_checkpoint()` (the IR-50 file
+    """AdaFace in eval mode, from `checkpoint` or `default_global_model()` (the IR-50 file
     in `pretrained/`, unless `$TWIN_ADAFACE_CHECKPOINT` points elsewhere)."""
-    return load_adaface(checkpoint or default_adaface_checkpoint(), architecture, trust_checkpoint)
+    return load_adaface(checkpoint or default_global_model(), architecture, trust_checkpoint)
 
 
 def to_input(pil_rgb_image) -> torch.Tensor:
@@ -102,7 +103,7 @@ class Verification:
     similarity: float   # cosine similarity of the two embeddings
     threshold: float    # same person when similarity ≥ threshold
     same_person: bool
-    global_branch: str  # which AdaFace the model was built on
+    global_branch: str  # the global model the twin model was built on (AdaFace IR-50, an ONNX file's name)
     threshold_rule: str | None = None  # how the threshold was chosen (e.g. the validation twin FAR)
 
     @property
@@ -137,7 +138,8 @@ class TwinVerifier:
                         device: str | torch.device = "cpu",
                         landmarker_model: str | os.PathLike = DEFAULT_LANDMARKER_MODEL,
                         max_pixels: int = DEFAULT_MAX_PIXELS, trust_checkpoint: bool = False) -> "TwinVerifier":
-        """`adaface_checkpoint` overrides where the AdaFace file is (its sha256 must match training's)."""
+        """`adaface_checkpoint` says where the global model file is (its sha256 must match training's);
+        without it the file is looked for in `$TWIN_ADAFACE_CHECKPOINT`, `pretrained/` and the recorded path."""
         model, info = load_twin_checkpoint(path, adaface_checkpoint, device, trust_checkpoint)
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
@@ -278,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-o", "--output", type=Path, help="npz file written by --embed")
     parser.add_argument("--threshold", type=float, help="decision threshold (default: the checkpoint's)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--adaface-checkpoint", help="where the AdaFace file is, if not where training saw it")
+    parser.add_argument("--adaface-checkpoint", help="where the global model file (AdaFace .ckpt or .onnx) is, if "
+                        "not where training saw it; its sha256 must match")
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full unpickling of an AdaFace file that weights-only loading refuses "
                              "(only for a file from a source you trust: it can run code)")

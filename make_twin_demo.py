@@ -40,7 +40,7 @@ import cutout
 from atomic_files import TEMP_MARKER, atomic_directory, write_json_atomic
 from cli_errors import ExpectedError, cli_main
 from face_images import (DEFAULT_LANDMARKER_MODEL, FaceLandmarkDetector, ImageDecodeError,
-                         LandmarkerModelError, NoFaceError, read_image)
+                         NoFaceError, read_image)
 from face_parts_extractor import DatasetFileError, dataset_from_folders
 
 JPG_DATASET, TWIN_PAIRS, TRAITS = "jpg_dataset.json", "twin_pairs.json", "traits.json"

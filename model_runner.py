@@ -84,7 +84,7 @@ def global_embeddings(model: TwinVerificationModel, index: FaceDataIndex, number
     rows = [model.embed_global(faces.to(device).flatten(0, 1)).float().cpu().view(len(faces), views, -1)
             for faces in progress_bar(make_loader(dataset, GLOBAL_BATCH_SIZE, workers, device), progress,
                                       "global embeddings")]
-    return torch.cat(rows) if rows else torch.zeros((0, views, 512))
+    return torch.cat(rows) if rows else torch.zeros((0, views, model.global_dim))
 
 
 @torch.no_grad()
@@ -116,4 +116,5 @@ def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel
         adaface_arch=config.adaface_arch, face_parts_embedding_dim=config.face_parts_embedding_dim,
         part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
         adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
-        trust_checkpoint=trust_checkpoint)
+        global_input_colour=config.global_input_colour_or_none, global_input_mean=config.global_input_mean,
+        global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint)

@@ -29,7 +29,8 @@ DROPOUT_P = 0.4
 # Four stride-2 stages take 112 px to 7 px before the flattening linear layer.
 FINAL_MAP_SIZE_PX = ADAFACE_INPUT_SIZE // 2 ** len(STAGE_CHANNELS)
 
-DEFAULT_CHECKPOINT = Path("pretrained/adaface_ir50_ms1mv2.ckpt")
+# The one default location of the AdaFace file: `pretrained/` beside this code.
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "pretrained" / "adaface_ir50_ms1mv2.ckpt"
 LIGHTNING_BACKBONE_PREFIX = "model."
 # Lightning 1.0–1.4 (AdaFace's release pinned 1.4.4) keys the `callbacks` state by the
 # callback *class*, so the pickle names this class; it is never instantiated. Every

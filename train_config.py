@@ -17,6 +17,7 @@ from typing import Any
 from cli_errors import EXIT_USAGE, ExpectedError
 from distributed import DEVICE_PATTERN
 from face_parts_model import PART_BACKBONES
+from global_branch import default_global_model
 from net import ADAFACE_ARCHS
 
 NEGATIVE_STRATEGIES = ("random", "twin", "mixed", "curriculum")
@@ -61,8 +62,16 @@ class TrainConfig:
     twin_pairs_path: str = _key("JSON list of [twin_a, twin_b] identity pairs", default="twin_pairs.json")
     output_dir: str = _key("run folder: checkpoints/, logs/, split.json", default="twin_verification_training")
     # --- model ---
-    adaface_checkpoint: str = _key("AdaFace weights file, or 'none' for an untrained global branch "
-                                   "(demos only)", default="pretrained/adaface_ir50_ms1mv2.ckpt")
+    adaface_checkpoint: str = _key("global model: an AdaFace .ckpt, an ArcFace-aligned .onnx recogniser "
+                                   "(e.g. pretrained/w600k_mbf.onnx), 'default' ($TWIN_ADAFACE_CHECKPOINT, else "
+                                   "pretrained/adaface_ir50_ms1mv2.ckpt beside the code) or 'none' for an "
+                                   "untrained global branch (demos only)", default="default")
+    global_input_colour: str = _key("channel order an .onnx recogniser takes (AdaFace: always bgr); auto = "
+                                    "rgb for .onnx, as InsightFace's models", default="auto",
+                                    metadata={"choices": ("auto", "rgb", "bgr")})
+    global_input_mean: float = _key("an .onnx recogniser's input is (x - mean)/std on 0..255 pixels",
+                                    default=127.5)
+    global_input_std: float = _key("see global_input_mean", default=127.5)
     part_backbone: str = _key("part encoder network", default="resnet50", metadata={"choices": PART_BACKBONES})
     part_weights: str = _key("part encoder initialisation: imagenet (torchvision's weights, downloaded "
                              "once into the torch cache), none, or a weight file", default="imagenet")
@@ -133,7 +142,14 @@ class TrainConfig:
         check(DEVICE_PATTERN.fullmatch(self.device) is not None, "device", "choose auto, cpu, cuda or cuda:N")
         check(self.freeze_adaface, "freeze_adaface", "fine-tuning AdaFace is not supported: the global "
               "branch is frozen by design and its embeddings are cached")
-        for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last"):
+        check(self.global_input_std > 0, "global_input_std", "must be positive")
+        onnx = self.adaface_checkpoint.lower().endswith(".onnx")
+        check(onnx or (self.global_input_colour in ("auto", "bgr") and self.global_input_mean == 127.5
+                       and self.global_input_std == 127.5), "global_input_colour",
+              "the input convention flags apply only to an .onnx recogniser (AdaFace's input is BGR, mean and "
+              "std 127.5)")
+        for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last",
+                    "global_input_colour"):
             choices = self.field_metadata(key)["choices"]
             check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")
 
@@ -143,7 +159,16 @@ class TrainConfig:
 
     @property
     def adaface_checkpoint_path(self) -> str | None:
-        return None if self.adaface_checkpoint.lower() == "none" else self.adaface_checkpoint
+        """The global file as an absolute path, resolved now (None: untrained global branch)."""
+        if self.adaface_checkpoint.lower() == "none":
+            return None
+        if self.adaface_checkpoint == "default":
+            return str(default_global_model())
+        return str(Path(self.adaface_checkpoint).expanduser().resolve())
+
+    @property
+    def global_input_colour_or_none(self) -> str | None:
+        return None if self.global_input_colour == "auto" else self.global_input_colour
 
     def with_absolute_data_paths(self) -> "TrainConfig":
         """This config with the dataset files and the output folder as absolute paths

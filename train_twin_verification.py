@@ -36,7 +36,7 @@ from combined_model import CheckpointMismatchError, TwinVerificationModel, non_f
 from cutout import PART_NAMES
 from run_folder import locked_run_folder, same_folder
 from train_config import DATA_PATH_KEYS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
-from triplet_dataset import (DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset, TripletDataset, curriculum_stage,
+from triplet_dataset import (DataIndexError, FaceDataIndex, TripletDataset, curriculum_stage,
                              draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
 
 CHECKPOINT_FORMAT = 1
@@ -91,15 +91,15 @@ def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
 
 def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: TrainConfig,
                  context: distributed.Context, cache_dir: Path) -> torch.Tensor:
-    """AdaFace embeddings `N×V×512` of every image (view 0 plain, then augmented views).
+    """Global-branch embeddings `N×V×G` of every image (view 0 plain, then augmented views).
 
     Computed once (by the main process, in float32) and kept on disk: the branch is
-    frozen, so they never change. The cache is keyed by the AdaFace file's hash, the
-    images (path, size and modification time of each input tensor, so that re-extracting
-    into the same paths is noticed) and the views, and recomputed if any of these differ.
+    frozen, so they never change. The cache is keyed by the global file's hash and input
+    convention, the images (path, size and modification time of each input tensor, so that
+    re-extracting into the same paths is noticed) and the views, and recomputed if any of these differ.
     """
-    adaface = model.frozen_files()["adaface"]
-    key = {"adaface": adaface["sha256"] if adaface else f"untrained:{config.adaface_arch}",
+    recorded = model.global_file
+    key = {"adaface": f"{recorded['sha256']}:{recorded['input']}" if recorded else f"untrained:{config.adaface_arch}",
            "images": hashlib.sha256("\n".join(tensor_file_identity(r.tensor_path) for r in index.images)
                                     .encode()).hexdigest(),
            "views": 1 + (config.face_augment_views if config.augment else 0), "seed": config.seed}
@@ -301,6 +301,21 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
                           "original settings to resume, or use another --output-dir")
 
 
+def check_same_global_file(saved: dict[str, Any], model: TwinVerificationModel, path: Path) -> None:
+    """A run resumes only with the global file (by hash and input convention) it started with."""
+    frozen = saved.get("frozen_files") or {}
+    before = frozen["global"] if "global" in frozen else frozen.get("adaface")
+    now = model.global_file
+    same = (before is None and now is None) or (
+        before is not None and now is not None and before["sha256"] == now["sha256"]
+        and before.get("input") == now["input"])
+    if not same:
+        describe = lambda r: "an untrained global branch" if r is None else f"{r['path']} (sha256 {r['sha256']})"
+        raise ConfigError(f"{path} was trained with {describe(before)}, but this run resolves the global model to "
+                          f"{describe(now)}; give the original file (--adaface-checkpoint or "
+                          "TWIN_ADAFACE_CHECKPOINT) or use another --output-dir")
+
+
 def write_metrics_log(history: list[dict[str, Any]], path: Path) -> None:
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in history))
 
@@ -356,6 +371,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
         # must be a CPU ByteTensor.
         saved = read_resume_checkpoint(latest_path)
         check_resumable(saved["config"], config, latest_path)
+        check_same_global_file(saved, model, latest_path)
         model.load_state_dict(saved["model_state_dict"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -36,7 +36,7 @@ def shared_faces() -> Path:
 @pytest.fixture(scope="session")
 def landmarker_model() -> Path:
     if not LANDMARKER.is_file():
-        pytest.skip(f"{LANDMARKER} missing: run `make setup` (or `python fetch_landmarker.py`)")
+        pytest.skip(f"{LANDMARKER} missing: run `make setup` (or `python fetch_models.py landmarker`)")
     return LANDMARKER
 
 

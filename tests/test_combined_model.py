@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from combined_model import (ADAFACE_CHECKPOINT_ENV, CheckpointMismatchError, TwinVerificationModel,
-                            UNTRAINED_LABEL)
+from combined_model import CheckpointMismatchError, TwinVerificationModel
+from global_branch import ADAFACE_CHECKPOINT_ENV
 from cutout import PART_NAMES
 from face_parts_model import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, PartWeightsError, part_encoder_input
 from net import AdaFaceCheckpointError
@@ -119,7 +119,7 @@ def test_missing_part_is_named(tiny_model):
 def test_deployable_checkpoint_round_trip_checks_adaface_hash(tiny_model, adaface_file, tmp_path):
     checkpoint = tiny_model.deployable_checkpoint(threshold=0.5)
     assert set(checkpoint) == {"model_state_dict", "model_config", "frozen_files", "threshold"}
-    assert checkpoint["frozen_files"]["adaface"]["sha256"]
+    assert checkpoint["frozen_files"]["global"]["sha256"]
     torch.save(checkpoint, tmp_path / "best.pth")
     restored = TwinVerificationModel.from_checkpoint(tmp_path / "best.pth")
     tiny_model.eval()
@@ -136,7 +136,7 @@ def test_deployable_checkpoint_round_trip_checks_adaface_hash(tiny_model, adafac
 def test_untrained_global_branch_is_reproducible_and_labelled():
     a = TwinVerificationModel(**TINY, adaface_checkpoint=None)
     b = TwinVerificationModel(**TINY, adaface_checkpoint=None)
-    assert a.global_branch_label == UNTRAINED_LABEL
+    assert a.global_branch_label == "UNTRAINED IR-18 (random weights)"
     assert all(torch.equal(x, y) for x, y in zip(a.adaface.state_dict().values(), b.adaface.state_dict().values()))
     restored = TwinVerificationModel.from_checkpoint(a.deployable_checkpoint())
     assert restored.config.adaface_checkpoint is None

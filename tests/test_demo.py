@@ -47,9 +47,27 @@ def test_photo_source_preference(shared_faces, tmp_path):
 def test_demo_runs_end_to_end(copy_photos, landmarker_model, tmp_path, monkeypatch, capsys):
     photos = copy_photos({"obama": ["obama.jpg"], "franck": ["franck_01829.jpg"], "cage": ["cage.jpg"]})
     monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(tmp_path / "absent.ckpt"))
-    result = run_demo.run_demo(photos, tmp_path / "demo", epochs=1, images_per_identity=3)
+    result = run_demo.run_demo(photos, tmp_path / "demo", epochs=1, images_per_identity=3, global_model="none")
     printed = capsys.readouterr().out
     assert "UNTRAINED" in printed and "held-out twin EER" in printed and "tensorboard --logdir" in printed
-    assert set(result["twin_eer"]) == {"combined", "adaface"}
+    assert "global alone: UNTRAINED IR-50" in printed and "general EER" in printed
+    assert set(result["twin_eer"]) == set(result["general_eer"]) == {"combined", "adaface"}
     assert (tmp_path / "demo" / "evaluation" / "report.json").is_file()
     assert (tmp_path / "demo" / "training" / "checkpoints" / "best.pth").is_file()
+
+
+def test_demo_global_model_choice(tmp_path, monkeypatch):
+    """AdaFace where present, else the ONNX recogniser (with its licence), untrained only when asked."""
+    recogniser = tmp_path / "w600k_mbf.onnx"
+    monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(tmp_path / "absent.ckpt"))
+    with pytest.raises(run_demo.GlobalModelChoiceError, match="--global-model none"):
+        run_demo.choose_global_model("auto", recogniser)
+    recogniser.write_bytes(b"stand-in")
+    chosen, note = run_demo.choose_global_model("auto", recogniser)
+    assert chosen == str(recogniser) and "non-commercial research only" in note
+    adaface = tmp_path / "adaface_ir50_ms1mv2.ckpt"
+    adaface.write_bytes(b"stand-in")
+    monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(adaface))
+    assert run_demo.choose_global_model("auto", recogniser)[0] == str(adaface.resolve())
+    assert run_demo.choose_global_model("none", recogniser) == ("none", run_demo.choose_global_model("none")[1])
+    assert "UNTRAINED" in run_demo.choose_global_model("none")[1]

@@ -1,8 +1,6 @@
 """Code paths that only a GPU run takes, tested with CPU stand-ins (`meta` tensors, patched torch.cuda)."""
 
-from dataclasses import replace
 
-import numpy as np
 import pytest
 import torch
 

@@ -48,7 +48,9 @@ def test_all_outputs_are_written(evaluated, capsys):
     for name in ("report.json", "pairs.csv", "roc.png", "score_histograms.png"):
         assert (output / name).stat().st_size > 0, name
     assert set(report["models"]) == {"combined", "adaface"}
-    assert "UNTRAINED" in report["models"]["adaface"]["label"]
+    label = "global alone: UNTRAINED IR-18 (random weights)"  # the global model, named
+    assert report["models"]["adaface"]["label"] == label and label in evaluate.summary_table(report)
+    assert report["global_branch"] == "UNTRAINED IR-18 (random weights)"
     for model in report["models"].values():
         for kind in ("twin", "general", "all"):
             entry = model["test"][kind]
@@ -64,7 +66,7 @@ def test_numbers_are_reproduced_from_the_csv(evaluated):
     assert sum(r["kind"] == "genuine" for r in rows) == report["pairs"]["genuine"]
     assert sum(r["kind"] == "twin" for r in rows) == report["pairs"]["twin"]
     for model in ("combined", "adaface"):
-        scores = np.array([float(r[f"score_{model}"]) for r in rows])
+        scores = np.array([float(r["score_combined" if model == "combined" else "score_global"]) for r in rows])
         kinds = np.array([r["kind"] for r in rows])
         for kind, selected in (("twin", kinds != "general"), ("general", kinds != "twin"),
                                ("all", np.ones(len(rows), bool))):

@@ -117,7 +117,7 @@ def test_missing_landmarker_is_a_clear_error(tmp_path, capsys):
     code = extractor.main(["--jpg-dataset", str(dataset), "--landmarker-model", str(tmp_path / "none.task"),
                            "--output-dir", str(tmp_path / "out")])
     assert code == extractor.EXIT_FATAL
-    assert "fetch_landmarker.py" in capsys.readouterr().err
+    assert "fetch_models.py landmarker" in capsys.readouterr().err
 
 
 def test_rerun_does_no_work_and_keeps_outputs(copy_photos, landmarker_model, tmp_path, monkeypatch):
