@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 LANDMARKER := pretrained/face_landmarker.task
 
-.PHONY: setup test demo bench clean-demo
+.PHONY: setup test demo ablation bench clean-demo
 
 setup: $(INSTALLED) $(LANDMARKER)
 
@@ -24,6 +24,9 @@ test: setup
 
 demo: setup
 	$(PY) run_demo.py
+
+ablation: setup
+	$(PY) ablation.py
 
 bench: setup
 	$(PY) benchmarks/bench_extraction.py

@@ -26,9 +26,9 @@ import torch
 import distributed
 from synthetic_extraction import write_synthetic_extraction
 from train_config import TrainConfig
-from model_runner import build_model, uses_channels_last
+from model_runner import build_model, make_loader, uses_channels_last
 from train_twin_verification import train_one_epoch
-from triplet_dataset import FaceDataIndex, Triplets, draw_triplets
+from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
 
 SIZES = {"full": dict(part_backbone="resnet50", crop=224), "small": dict(part_backbone="tiny", crop=64)}
 FULL_TRIPLET_GFLOP = 402.0
@@ -58,9 +58,11 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     cache = torch.randn(len(index.images), 1, 512)
-    run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, index,
-                                        repeated_triplets(index, count * batch_size), cache,
-                                        replace(config, augment=True), context, 0, None, 0)
+    config = replace(config, augment=True, sampler="triplets", loss="triplet")
+    loader = lambda count: make_loader(TripletDataset(index, repeated_triplets(index, count * batch_size), cache,
+                                                      True, config.seed, 0), batch_size, workers, device)
+    run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, loader(count), config, context, 0,
+                                        None, 0)
     run(2)  # warm-up: allocator, cuDNN autotuning, first loader start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -62,6 +62,7 @@ class ModelConfig:
     part_backbone: str = "resnet50"
     hidden_dim: int = 512
     embedding_dim: int = 256
+    part_head: str = "spatial"  # how each part encoder turns its feature map into a vector
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
@@ -92,18 +93,18 @@ class TwinVerificationModel(nn.Module):
     def __init__(self, adaface_arch: str = "ir_50", face_parts_embedding_dim: int = 128,
                  part_backbone: str = "resnet50", hidden_dim: int = 512, embedding_dim: int = 256,
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
-                 trust_checkpoint: bool = False):
+                 trust_checkpoint: bool = False, part_head: str = "spatial"):
         """`part_weights` only initialises the part encoders (`none`, `imagenet` or a file);
         `adaface_checkpoint=None` builds an untrained global branch (demos without the file)."""
         super().__init__()
         if adaface_checkpoint is DEFAULT:
             adaface_checkpoint = default_adaface_checkpoint()
         self.config = ModelConfig(adaface_arch, None if adaface_checkpoint is None else str(adaface_checkpoint),
-                                  face_parts_embedding_dim, part_backbone, hidden_dim, embedding_dim)
+                                  face_parts_embedding_dim, part_backbone, hidden_dim, embedding_dim, part_head)
         self.adaface = build_global_branch(adaface_arch, self.config.adaface_checkpoint, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
-        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights)
+        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights, part_head)
         self.projection = nn.Sequential(
             nn.Linear(ADAFACE_EMBEDDING_DIM + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),

@@ -58,14 +58,18 @@ def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, num
     return result
 
 
-def split_embeddings(model, index, persons, global_all, config, context) -> dict[str, Any]:
-    """Both models' embeddings of every image of `persons`, and their verification pairs."""
+def split_embeddings(model, index, persons, global_all, config, context, parts_only: bool = False) -> dict[str, Any]:
+    """Both models' embeddings of every image of `persons`, and their verification pairs.
+
+    `parts_only`: the twin model sees a zero global embedding, so its scores show what the
+    part encoders contribute by themselves (the global model's own scores are unchanged)."""
     numbers = np.array(sorted(i for p in persons for i in index.images_of[p]), dtype=np.int64)
     person_number = {p: k for k, p in enumerate(index.persons)}
     twins = {person_number[a]: person_number[b] for a, b in index.twin_of.items()}
     pairs = vp.verification_pairs(index.person_of_image[numbers], twins, config.max_general_impostor_pairs,
                                   np.random.default_rng([config.seed, 6]))
-    combined = runner.embed_images(model, index, numbers, global_all, context,
+    combined = runner.embed_images(model, index, numbers, torch.zeros_like(global_all) if parts_only else global_all,
+                                   context,
                                    runner.autocast_dtype(config.precision, context.device),
                                    runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
     embeddings = {"combined": combined,
@@ -170,7 +174,7 @@ def summary_table(report: dict[str, Any]) -> str:
 def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = None, twin_pairs: Path | None = None,
              adaface_checkpoint: str | None = None, threshold_rule: str = "eer", bootstrap: int = 1000,
              store_threshold: bool = True, device: str = "auto", workers: int = 2,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, parts_only: bool = False) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (also written to OUTPUT/report.json)."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = TrainConfig.from_dict(checkpoint["config"], str(checkpoint_path))
@@ -200,10 +204,10 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
                                  "evaluate on a separate --jpg-dataset instead")
     needed = np.array(sorted(i for p in split["val"] + split["test"] for i in index.images_of[p]), dtype=np.int64)
     global_all = global_embeddings_of(model, index, needed, config, context.device)
-    test = split_embeddings(model, index, split["test"], global_all, config, context)
-    val = split_embeddings(model, index, split["val"], global_all, config, context) if split["val"] else None
+    test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
+    val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
 
-    labels = {"combined": "twin model (global + parts)",
+    labels = {"combined": "twin model, parts only (global input zeroed)" if parts_only else "twin model (global + parts)",
               "adaface": f"AdaFace alone{' (UNTRAINED)' if model.config.adaface_checkpoint is None else ''}"}
     families = family_of(index)
     family_a = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].first])
@@ -233,7 +237,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     writer.writerows(pair_rows("test", index, test))
     write_text_atomic(output / "pairs.csv", buffer.getvalue())
     write_plots(test, labels, output)
-    if store_threshold and val is not None:
+    if store_threshold and val is not None and not parts_only:
         checkpoint["threshold"] = report["models"]["combined"]["threshold"]
         checkpoint["threshold_rule"] = f"{threshold_rule} on validation pairs (evaluate.py)"
         torch_save_atomic(checkpoint, checkpoint_path)
@@ -252,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of twin families for the "
                         "confidence intervals; 0 = none (default: 1000)")
     parser.add_argument("--no-store-threshold", action="store_true", help="leave the checkpoint untouched")
+    parser.add_argument("--parts-only", action="store_true", help="score the twin model with its global input "
+                        "zeroed: what the part encoders contribute by themselves (never stores a threshold)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     parser.add_argument("--no-progress", action="store_true")
@@ -260,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
                           args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
-                          args.workers, not args.no_progress)
+                          args.workers, not args.no_progress, args.parts_only)
     except (FileNotFoundError, DataIndexError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

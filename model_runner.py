@@ -109,4 +109,5 @@ def build_model(config) -> TwinVerificationModel:
     return TwinVerificationModel(
         adaface_arch=config.adaface_arch, face_parts_embedding_dim=config.face_parts_embedding_dim,
         part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
-        adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights)
+        adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
+        part_head=config.part_head)
