@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     for item in fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         default = item.default if item.default is not MISSING else None
-        kwargs = {"help": item.metadata["help"], "default": None, "dest": item.name}
+        # argparse formats help with %-interpolation: a literal % must be doubled
+        kwargs = {"help": item.metadata["help"].replace("%", "%%"), "default": None, "dest": item.name}
         if "choices" in item.metadata:
             kwargs["choices"] = item.metadata["choices"]
         if item.type == "bool":

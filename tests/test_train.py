@@ -148,6 +148,14 @@ def test_time_to_accuracy_records_the_first_crossing_only():
                                          "0.1": {"epoch": 3, "images_encoded": 300, "seconds": 5.0}}
 
 
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--families-per-batch" in printed and "--part-head" in printed and "±8%/±20%" in printed
+
+
 def test_sampler_and_loss_must_agree():
     with pytest.raises(ConfigError, match="sampler"):
         TrainConfig(sampler="triplets", loss="batch_hard")
