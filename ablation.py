@@ -69,18 +69,19 @@ def recipe_config(name: str, seed: int, train_images: int, data_paths: dict[str,
     return replace(config, num_epochs=epochs, early_stopping_patience=0)
 
 
-def share_global_cache(run_dir: Path, seed: int, output: Path) -> None:
-    """The frozen global branch's embeddings are the same for every recipe of a seed: copy them
-    in rather than recompute (training checks the cache's key and recomputes on any mismatch)."""
-    shared = output / "global_cache" / f"seed{seed}.pt"
+def share_global_cache(run_dir: Path, output: Path) -> None:
+    """The frozen global branch's embeddings are the same for every run (no augmented views are
+    cached): copy them in rather than recompute (training checks the cache's key and recomputes
+    on any mismatch)."""
+    shared = output / "global_cache" / "global_embeddings.pt"
     target = run_dir / "cache" / "global_embeddings.pt"
     if shared.is_file() and not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shared, target)
 
 
-def keep_global_cache(run_dir: Path, seed: int, output: Path) -> None:
-    shared = output / "global_cache" / f"seed{seed}.pt"
+def keep_global_cache(run_dir: Path, output: Path) -> None:
+    shared = output / "global_cache" / "global_embeddings.pt"
     if not shared.exists():
         shared.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(run_dir / "cache" / "global_embeddings.pt", shared)
@@ -137,10 +138,10 @@ def run_ablation(output: Path, seeds: list[int], train_images: int, recipes: lis
         for name in recipes:
             slug = name.replace(",", "").replace(" + ", "_").replace(" ", "_")
             run_dir = output / "runs" / slug / f"seed{seed}"
-            share_global_cache(run_dir, seed, output)
+            share_global_cache(run_dir, output)
             started = time.perf_counter()
             result = run_one(recipe_config(name, seed, train_images, data.paths, adaface, run_dir, CPU_SIZED), run_dir)
-            keep_global_cache(run_dir, seed, output)
+            keep_global_cache(run_dir, output)
             results.setdefault(name, []).append({"seed": seed, **result})
             print(f"{name}, seed {seed}: twin EER {100 * result['twin_eer']:.1f}%, general EER "
                   f"{100 * result['general_eer']:.1f}% ({time.perf_counter() - started:.0f} s)", flush=True)

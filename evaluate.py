@@ -50,8 +50,16 @@ def family_of(index: FaceDataIndex) -> dict[str, str]:
 
 
 def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
-                         config: TrainConfig, device: torch.device) -> torch.Tensor:
-    """`len(index.images)×512` AdaFace features, filled for `numbers` (one forward per image)."""
+                         config: TrainConfig, device: torch.device, cache: Path | None = None) -> torch.Tensor:
+    """`len(index.images)×512` AdaFace features, filled for `numbers` (one forward per image), or
+    read from the training run's cache when it holds these images' embeddings by this model."""
+    if cache is not None:
+        cached = runner.load_global_cache(cache, runner.global_cache_key(model, index, 1, config.seed))
+        if cached is None:  # a cache with augmented views: its key has them, view 0 is the plain one
+            views = 1 + (config.face_augment_views if config.augment else 0)
+            cached = runner.load_global_cache(cache, runner.global_cache_key(model, index, views, config.seed))
+        if cached is not None:
+            return cached[:, 0].float()
     result = torch.zeros(len(index.images), 512)
     result[numbers] = runner.global_embeddings(model, index, numbers, 0, config.seed, device, config.num_workers,
                                                config.progress)[:, 0]
@@ -203,7 +211,8 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             raise DataIndexError(f"{run_dir / 'split.json'} has no test identities (trained with test_split 0); "
                                  "evaluate on a separate --jpg-dataset instead")
     needed = np.array(sorted(i for p in split["val"] + split["test"] for i in index.images_of[p]), dtype=np.int64)
-    global_all = global_embeddings_of(model, index, needed, config, context.device)
+    run_cache = None if jpg_dataset is not None else run_dir / "cache" / "global_embeddings.pt"
+    global_all = global_embeddings_of(model, index, needed, config, context.device, run_cache)
     test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
     val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
 

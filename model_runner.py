@@ -103,6 +103,30 @@ def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np
     return distributed.gather_rows(local.float(), len(numbers), context).cpu().numpy()
 
 
+def global_cache_key(model: TwinVerificationModel, index: FaceDataIndex, views: int, seed: int) -> dict:
+    """What a cache of global embeddings depends on: the global model file, the images and, when
+    augmented views are cached, their number and seed (plain embeddings do not depend on a seed)."""
+    import hashlib
+
+    global_file = model.frozen_files()["adaface"]
+    key = {"adaface": global_file["sha256"] if global_file else f"untrained:{model.config.adaface_arch}",
+           "images": hashlib.sha256("\n".join(str(r.tensor_path.resolve()) for r in index.images).encode()).hexdigest(),
+           "views": views}
+    if views > 1:
+        key["seed"] = seed
+    return key
+
+
+def load_global_cache(path, key: dict) -> torch.Tensor | None:
+    """The cached `N×V×D` global embeddings at `path` if their key is `key`, else None."""
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        return None
+    cached = torch.load(path, weights_only=True)
+    return cached["embeddings"] if cached.get("key") == key else None
+
+
 def build_model(config) -> TwinVerificationModel:
     """The model a training config describes (`config`: a `TrainConfig`), seeded by its seed."""
     torch.manual_seed(config.seed)  # the part encoders' and projection's initial weights

@@ -13,7 +13,6 @@ metrics.jsonl) and cache/ (AdaFace embeddings: the frozen branch runs once per i
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import sys
@@ -90,20 +89,15 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
 
     Computed once (by the main process, in float32) and kept on disk: the branch is
     frozen, so they never change. The cache is keyed by the AdaFace file's hash, the
-    images and the views, and recomputed if any of these differ.
+    images and the views (`model_runner.global_cache_key`), and recomputed if any differ.
     """
-    adaface = model.frozen_files()["adaface"]
-    key = {"adaface": adaface["sha256"] if adaface else f"untrained:{config.adaface_arch}",
-           "images": hashlib.sha256("\n".join(str(r.tensor_path.resolve()) for r in index.images)
-                                    .encode()).hexdigest(),
-           "views": 1 + (config.face_augment_views if config.augment else 0), "seed": config.seed}
+    key = runner.global_cache_key(model, index, 1 + (config.face_augment_views if config.augment else 0),
+                                  config.seed)
     path = cache_dir / "global_embeddings.pt"
-    if context.is_main:
-        cached = torch.load(path, weights_only=True) if path.exists() else None
-        if cached is None or cached["key"] != key:
-            embeddings = runner.global_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
-                                                  config.seed, context.device, config.num_workers, config.progress)
-            torch_save_atomic({"key": key, "embeddings": embeddings}, path)
+    if context.is_main and runner.load_global_cache(path, key) is None:
+        embeddings = runner.global_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
+                                              config.seed, context.device, config.num_workers, config.progress)
+        torch_save_atomic({"key": key, "embeddings": embeddings}, path)
     distributed.barrier(context)
     return torch.load(path, weights_only=True)["embeddings"]
 
