@@ -100,10 +100,10 @@ def run_one(config: TrainConfig, run_dir: Path, parts_only: bool = False) -> dic
                                    store_threshold=False)
     combined = report["models"]["combined"]
     interval = (combined["bootstrap"] or {}).get("twin") or {}
-    return {"twin_eer": combined["test"]["twin"]["eer"], "general_eer": combined["test"]["general"]["eer"],
+    eer = lambda model, kind: (report["models"][model]["test"][kind] or {}).get("eer")  # None: no such pairs
+    return {"twin_eer": eer("combined", "twin"), "general_eer": eer("combined", "general"),
             "twin_eer_interval": [interval["eer"].get("low"), interval["eer"].get("high")] if "eer" in interval else None,
-            "global_alone_twin_eer": report["models"]["adaface"]["test"]["twin"]["eer"],
-            "global_alone_general_eer": report["models"]["adaface"]["test"]["general"]["eer"],
+            "global_alone_twin_eer": eer("adaface", "twin"), "global_alone_general_eer": eer("adaface", "general"),
             "global_branch": report["global_branch"], "best_epoch": state["best"]["epoch"],
             "epochs": state["epoch"], "images_encoded": state.get("images_encoded"),
             "seconds": state.get("seconds"), "time_to_twin_eer": state.get("time_to_twin_eer"),
@@ -112,10 +112,12 @@ def run_one(config: TrainConfig, run_dir: Path, parts_only: bool = False) -> dic
 
 
 def summarise(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
-    twin = np.array([r["twin_eer"] for r in runs])
-    general = np.array([r["general_eer"] for r in runs])
+    twin = np.array([r["twin_eer"] for r in runs], dtype=float)  # None (no such pairs) → nan
+    general = np.array([r["general_eer"] for r in runs], dtype=float)
     return {"recipe": name, "seeds": len(runs), "twin_eer_mean": float(twin.mean()), "twin_eer_sd": float(twin.std(ddof=1)) if len(runs) > 1 else 0.0,
             "twin_eer_median": float(np.median(twin)), "general_eer_mean": float(general.mean()),
+            "twin_eer_by_seed": {r["seed"]: r["twin_eer"] for r in runs},
+            "twin_eer_interval_by_seed": {r["seed"]: r["twin_eer_interval"] for r in runs},
             "images_encoded": float(np.mean([r["images_encoded"] or 0 for r in runs])),
             "seconds": float(np.mean([r["seconds"] or 0 for r in runs]))}
 
