@@ -93,8 +93,9 @@ def run_one(config: TrainConfig, run_dir: Path, parts_only: bool = False) -> dic
     best, evaluation = run_dir / "checkpoints" / "best.pth", run_dir / ("evaluation_parts_only" if parts_only
                                                                         else "evaluation")
     report_path = evaluation / "report.json"
-    if report_path.is_file() and report_path.stat().st_mtime >= best.stat().st_mtime:
-        report = json.loads(report_path.read_text())  # this model was evaluated already
+    latest = run_dir / "checkpoints" / "latest.pth"
+    if report_path.is_file() and report_path.stat().st_mtime >= latest.stat().st_mtime:
+        report = json.loads(report_path.read_text())  # evaluated after the training finished
     else:
         report = evaluate.evaluate(best, evaluation, bootstrap=200, workers=0, progress=False, parts_only=parts_only,
                                    store_threshold=False)
@@ -133,13 +134,15 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_ablation(output: Path, seeds: list[int], train_images: int, recipes: list[str], photos: Path | None,
-                 adaface: str) -> dict[str, Any]:
+                 adaface: str, table_only: bool = False) -> dict[str, Any]:
     data = prepare_demo_data(photos, output / "data", DEMO_IMAGES_PER_IDENTITY, DEMO_CROP_PX, progress=False)
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:  # every recipe once before any twice, so that a partial table is balanced
         for name in recipes:
             slug = name.replace(",", "").replace(" + ", "_").replace(" ", "_")
             run_dir = output / "runs" / slug / f"seed{seed}"
+            if table_only and not (run_dir / "evaluation" / "report.json").is_file():
+                continue  # not trained and evaluated yet: left out of the table
             share_global_cache(run_dir, output)
             started = time.perf_counter()
             result = run_one(recipe_config(name, seed, train_images, data.paths, adaface, run_dir, CPU_SIZED), run_dir)
@@ -147,7 +150,8 @@ def run_ablation(output: Path, seeds: list[int], train_images: int, recipes: lis
             results.setdefault(name, []).append({"seed": seed, **result})
             print(f"{name}, seed {seed}: twin EER {100 * result['twin_eer']:.1f}%, general EER "
                   f"{100 * result['general_eer']:.1f}% ({time.perf_counter() - started:.0f} s)", flush=True)
-            if name == DEFAULT_RECIPE:
+            if name == DEFAULT_RECIPE and not (table_only and not
+                                               (run_dir / "evaluation_parts_only" / "report.json").is_file()):
                 parts = run_one(recipe_config(name, seed, train_images, data.paths, adaface, run_dir, CPU_SIZED),
                                 run_dir, parts_only=True)
                 results.setdefault(PARTS_ONLY, []).append({"seed": seed, **parts})
@@ -181,11 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
                         metavar="RECIPE", help=f"any of: {'; '.join(RECIPES)} (default: all)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    parser.add_argument("--table-only", action="store_true", help="write the table from the runs already "
+                        "trained and evaluated (e.g. by several processes, one per seed); train nothing")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     adaface = evaluate_default_global()
-    result = run_ablation(args.output_dir, args.seeds, args.train_images, args.recipes, args.photos, adaface)
+    result = run_ablation(args.output_dir, args.seeds, args.train_images, args.recipes, args.photos, adaface,
+                          args.table_only)
     print(result["text"])
     return 0
 
