@@ -59,15 +59,17 @@ def run_demo(photos: Path | None, output: Path, epochs: int, images_per_identity
     report = evaluate.evaluate(Path(config.output_dir) / "checkpoints" / "best.pth", output / "evaluation",
                                bootstrap=200, workers=1)
     print(evaluate.summary_table(report))
-    eer = {name: {kind: report["models"][name]["test"][kind]["eer"] for kind in ("twin", "general")}
+    # None: the held-out families give no pairs of that kind (a very small photo set)
+    eer = {name: {kind: (report["models"][name]["test"][kind] or {}).get("eer") for kind in ("twin", "general")}
            for name in evaluate.MODELS}
+    percent = lambda value: "n/a" if value is None else f"{100 * value:.1f}%"
     interval = ((report["models"]["combined"]["bootstrap"] or {}).get("twin") or {}).get("eer") or {}
     minutes = (time.perf_counter() - started) / 60
     for name in evaluate.MODELS:
-        print(f"held-out twin EER {100 * eer[name]['twin']:.1f}%"
+        print(f"held-out twin EER {percent(eer[name]['twin'])}"
               + (f" (95% interval {100 * interval['low']:.1f}–{100 * interval['high']:.1f}%)"
                  if name == "combined" and "low" in interval else "")
-              + f", general EER {100 * eer[name]['general']:.1f}%: {report['models'][name]['label']}")
+              + f", general EER {percent(eer[name]['general'])}: {report['models'][name]['label']}")
     print(f"({minutes:.1f} min in all)")
     print(f"TensorBoard: tensorboard --logdir {Path(config.output_dir) / 'logs'}")
     print(f"report, pairs.csv and plots: {output / 'evaluation'}")
