@@ -76,7 +76,7 @@ def test_end_to_end_outputs(finished_run):
     for key in ("train_loss", "val_loss", "twin_eer", "general_eer", "active_fraction", "twin_negative_ratio",
                 "triplets_per_second", "part_images_per_second", "learning_rate", "stage", "time_to_twin_eer"):
         assert rows[-1][key] is not None, key
-    assert config.sampler == "families" and config.loss == "batch_hard"  # the defaults
+    assert config.sampler == "families" and config.loss == "batch_all" and config.part_head == "spatial"  # defaults
     assert rows[-1]["cumulative_images_encoded"] == sum(r["images_encoded"] for r in rows) == state["images_encoded"]
     assert set(rows[-1]["time_to_twin_eer"]) == {"0.2", "0.1"}
 
@@ -221,8 +221,9 @@ def test_two_process_ddp_with_gloo(synthetic_data, tmp_path):
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "latest.pth", weights_only=True)
     assert state["epoch"] == 2
     # 3 training families, 4 images per identity: one step in which each process takes a family of its
-    # own (anchors: 8 for a twin pair, 4 for the twinless person), summed over both processes
-    assert state["history"][0]["triplets"] in (12, 16)
+    # own. batch_all counts (anchor, positive, negative) triplets: 8 × 3 × 4 = 96 for a twin pair on its
+    # own, none for the twinless person alone (no negative), summed over both processes
+    assert state["history"][0]["triplets"] in (96, 192)
     assert result.stdout.count("epoch 1/2") == 1  # only the main process reports
     TwinVerificationModel.from_checkpoint(tmp_path / "ddp" / "checkpoints" / "best.pth")
 
