@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 LANDMARKER := pretrained/face_landmarker.task
 RECOGNISER := pretrained/w600k_mbf.onnx
 
-.PHONY: setup test demo bench clean-demo
+.PHONY: setup test demo ablation bench clean-demo
 
 setup: $(INSTALLED) $(LANDMARKER) $(RECOGNISER)
 
@@ -33,6 +33,9 @@ test: setup
 
 demo: setup
 	$(PY) run_demo.py
+
+ablation: setup
+	$(PY) ablation.py
 
 # Extraction throughput on the sample photos; e.g. `make bench BENCH_ARGS="--repeat 4 --workers 1"`.
 BENCH_ARGS ?=

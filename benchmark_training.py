@@ -28,9 +28,9 @@ import distributed
 from cli_errors import cli_main
 from synthetic_extraction import write_synthetic_extraction
 from train_config import TrainConfig
-from model_runner import autocast_dtype, build_model, grad_scaler, uses_channels_last
+from model_runner import autocast_dtype, build_model, grad_scaler, make_loader, uses_channels_last
 from train_twin_verification import train_one_epoch
-from triplet_dataset import FaceDataIndex, Triplets, draw_triplets
+from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
 
 SIZES = {"full": dict(part_backbone="resnet50", crop=224), "small": dict(part_backbone="tiny", crop=64)}
 FULL_TRIPLET_GFLOP = 402.0
@@ -60,9 +60,11 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = grad_scaler(device, autocast_dtype(config.precision, device))
     cache = torch.randn(len(index.images), 1, 512)
-    run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, index,
-                                        repeated_triplets(index, count * batch_size), cache,
-                                        replace(config, augment=True), context, 0, None, 0)
+    config = replace(config, augment=True, sampler="triplets", loss="triplet")
+    loader = lambda count: make_loader(TripletDataset(index, repeated_triplets(index, count * batch_size), cache,
+                                                      True, config.seed, 0), batch_size, workers, device)
+    run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, loader(count), config, context, 0,
+                                        None, 0)
     run(2)  # warm-up: allocator, cuDNN autotuning, first loader start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

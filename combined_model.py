@@ -61,6 +61,7 @@ class ModelConfig:
     global_input_colour: str = "bgr"        # the global model's input convention (AdaFace: bgr, 127.5, 127.5)
     global_input_mean: float = 127.5
     global_input_std: float = 127.5
+    part_head: str = "spatial"  # how each part encoder turns its feature map into a vector
 
     @property
     def global_input(self) -> InputConvention:
@@ -72,7 +73,8 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise CheckpointMismatchError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        # Checkpoints from before part heads were configurable pooled their feature maps.
+        return cls(**{"part_head": "pool", **values})
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -158,25 +160,26 @@ class TwinVerificationModel(nn.Module):
                  part_backbone: str = "resnet50", hidden_dim: int = 512, embedding_dim: int = 256,
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
                  trust_checkpoint: bool = False, global_input_colour: str | None = None,
-                 global_input_mean: float | None = None, global_input_std: float | None = None):
+                 global_input_mean: float | None = None, global_input_std: float | None = None,
+                 part_head: str = "spatial"):
         """`adaface_checkpoint`: the global file, an AdaFace `.ckpt` or an ArcFace-aligned `.onnx`
         recogniser (default: `$TWIN_ADAFACE_CHECKPOINT`, else AdaFace in `pretrained/`); None builds
         an untrained IR (demos). `global_input_*`: an ONNX recogniser's input convention (default
         InsightFace's: RGB, mean 127.5, std 127.5). `part_weights` only initialises the part
-        encoders (`none`, `imagenet` or a file)."""
+        encoders (`none`, `imagenet` or a file); `part_head` is how each turns its map into a vector."""
         super().__init__()
         if adaface_checkpoint is DEFAULT:
             adaface_checkpoint = default_global_model()
         checkpoint = None if adaface_checkpoint is None else str(Path(adaface_checkpoint).resolve())
         convention = global_input_for(checkpoint, global_input_colour, global_input_mean, global_input_std)
         self.config = ModelConfig(adaface_arch, checkpoint, face_parts_embedding_dim, part_backbone, hidden_dim,
-                                  embedding_dim, convention.colour, convention.mean, convention.std)
+                                  embedding_dim, convention.colour, convention.mean, convention.std, part_head)
         self.adaface = build_global_branch(adaface_arch, checkpoint, convention, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
         # Recorded once: path, sha256 and input convention of the frozen file (None: untrained).
         self.global_file = None if checkpoint is None else file_record(checkpoint, convention)
-        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights)
+        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights, part_head)
         self.projection = nn.Sequential(
             nn.Linear(self.global_dim + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),

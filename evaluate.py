@@ -58,23 +58,35 @@ def family_of(index: FaceDataIndex) -> dict[str, str]:
 
 
 def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
-                         config: TrainConfig, device: torch.device) -> torch.Tensor:
-    """`len(index.images)×G` global-branch features, filled for `numbers` (one forward per image)."""
+                         config: TrainConfig, device: torch.device, cache: Path | None = None) -> torch.Tensor:
+    """`len(index.images)×G` global-branch features, filled for `numbers` (one forward per image),
+    or read from the training run's cache when it holds these images' embeddings by this model."""
+    if cache is not None:
+        cached = runner.load_global_cache(cache, runner.global_cache_key(model, index, 1, config.seed))
+        if cached is None:  # a cache with augmented views: its key has them, view 0 is the plain one
+            views = 1 + (config.face_augment_views if config.augment else 0)
+            cached = runner.load_global_cache(cache, runner.global_cache_key(model, index, views, config.seed))
+        if cached is not None:
+            return cached[:, 0].float()
     result = torch.zeros(len(index.images), model.global_dim)
     result[numbers] = runner.global_embeddings(model, index, numbers, 0, config.seed, device, config.num_workers,
                                                config.progress)[:, 0]
     return result
 
 
-def split_embeddings(model, index, persons, global_all, config, context) -> dict[str, Any]:
-    """Both models' embeddings of every image of `persons`, and their verification pairs."""
+def split_embeddings(model, index, persons, global_all, config, context, parts_only: bool = False) -> dict[str, Any]:
+    """Both models' embeddings of every image of `persons`, and their verification pairs.
+
+    `parts_only`: the twin model sees a zero global embedding, so its scores show what the
+    part encoders contribute by themselves (the global model's own scores are unchanged)."""
     numbers = np.array(sorted(i for p in persons for i in index.images_of[p]), dtype=np.int64)
     person_number = {p: k for k, p in enumerate(index.persons)}
     twins = {person_number[a]: [person_number[s] for s in siblings]
              for a, siblings in index.siblings_of.items()}
     pairs = vp.verification_pairs(index.person_of_image[numbers], twins, config.max_general_impostor_pairs,
                                   np.random.default_rng([config.seed, 6]))
-    combined = runner.embed_images(model, index, numbers, global_all, context,
+    combined = runner.embed_images(model, index, numbers, torch.zeros_like(global_all) if parts_only else global_all,
+                                   context,
                                    runner.autocast_dtype(config.precision, context.device),
                                    runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
     embeddings = {"combined": combined,
@@ -195,10 +207,11 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
              adaface_checkpoint: str | None = None, threshold_rule: str = TWIN_FAR_RULE, bootstrap: int = 1000,
              store_threshold: bool = True, device: str = "auto", workers: int = 2,
              progress: bool = True, target_twin_far: float | None = None,
-             trust_checkpoint: bool = False) -> dict[str, Any]:
+             trust_checkpoint: bool = False, parts_only: bool = False) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (also written to OUTPUT/report.json).
 
-    `target_twin_far` (for the `twin_far` rule) defaults to the one training used."""
+    `target_twin_far` (for the `twin_far` rule) defaults to the one training used. `parts_only`
+    scores the twin model with its global input zeroed (and never stores a threshold)."""
     context = distributed.Context(device=distributed.resolve_device(device, 0))
     checkpoint = read_checkpoint(checkpoint_path)
     missing = [k for k in ("config", "part_crop_size") if k not in checkpoint]
@@ -238,11 +251,13 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             raise DataIndexError(f"{run_dir / 'split.json'} has no test identities (trained with test_split 0); "
                                  "evaluate on a separate --jpg-dataset instead")
     needed = np.array(sorted(i for p in split["val"] + split["test"] for i in index.images_of[p]), dtype=np.int64)
-    global_all = global_embeddings_of(model, index, needed, config, context.device)
-    test = split_embeddings(model, index, split["test"], global_all, config, context)
-    val = split_embeddings(model, index, split["val"], global_all, config, context) if split["val"] else None
+    run_cache = None if jpg_dataset is not None else run_dir / "cache" / "global_embeddings.pt"
+    global_all = global_embeddings_of(model, index, needed, config, context.device, run_cache)
+    test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
+    val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
 
-    labels = {"combined": f"twin model ({model.global_branch_label} + parts)",
+    labels = {"combined": ("twin model, parts only (global input zeroed)" if parts_only
+                           else f"twin model ({model.global_branch_label} + parts)"),
               "adaface": f"global alone: {model.global_branch_label}"}
     families = family_of(index)
     family_a = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].first])
@@ -279,7 +294,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     writer.writerows(pair_rows("test", index, test, model.global_branch_label))
     write_text_atomic(output / "pairs.csv", buffer.getvalue())
     write_plots(test, labels, output)
-    if store_threshold and val is not None:
+    if store_threshold and val is not None and not parts_only:
         checkpoint["threshold"] = report["models"]["combined"]["threshold"]
         checkpoint["threshold_rule"] = f"{report['models']['combined']['threshold_rule']} (evaluate.py)"
         torch_save_atomic(checkpoint, checkpoint_path)
@@ -308,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="allow full unpickling of an AdaFace file that weights-only loading refuses "
                              "(only for a file from a source you trust: it can run code)")
+    parser.add_argument("--parts-only", action="store_true", help="score the twin model with its global input "
+                        "zeroed: what the part encoders contribute by themselves (never stores a threshold)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     parser.add_argument("--no-progress", action="store_true")
@@ -317,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--bootstrap and --workers must be 0 or more")
     report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
                       args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
-                      args.workers, not args.no_progress, args.target_twin_far, args.trust_checkpoint)
+                      args.workers, not args.no_progress, args.target_twin_far, args.trust_checkpoint,
+                      args.parts_only)
     print(f"{report['test_identities']} test identities, {report['test_images']} images; pairs: "
           f"{report['pairs']['genuine']} genuine, {report['pairs']['twin']} twin impostor, "
           f"{report['pairs']['general']} general impostor (of {report['general_impostor_pairs_existing']}); "

@@ -20,7 +20,9 @@ from cutout import PART_NAMES
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 PART_BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
-TINY_MAP_CHANNELS, TINY_MAP_SIZE = 8, 8  # the tiny encoder's spatial output: 8 × 8 × 8
+PART_HEADS = ("spatial", "pool")
+# Spatial head per backbone: (channels after the 1×1 convolution, side of the pooled grid).
+SPATIAL_HEAD = {"tiny": (8, 8), "resnet18": (16, 7), "resnet34": (16, 7), "resnet50": (16, 7)}
 _TORCHVISION_WEIGHTS = {
     "resnet50": torchvision.models.ResNet50_Weights,
     "resnet34": torchvision.models.ResNet34_Weights,
@@ -69,25 +71,55 @@ def imagenet_state_dict(backbone: str, progress: bool = True) -> tuple[dict[str,
     return state, str(target)
 
 
+class ResNetTrunk(nn.Module):
+    """A torchvision ResNet up to its last stage: `B×C×h×w` maps (no pool, no classifier).
+
+    The children keep torchvision's names, so ImageNet state dicts load as they are.
+    """
+
+    def __init__(self, backbone: str):
+        super().__init__()
+        network = getattr(torchvision.models, backbone)(weights=None)
+        for name in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"):
+            self.add_module(name, getattr(network, name))
+        self.out_channels = network.fc.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
 def build_trunk(backbone: str) -> tuple[nn.Module, int]:
-    """A feature extractor without its classifier, and its output width."""
+    """A feature-map extractor without pooling or classifier, and its channel count."""
     if backbone == "tiny":  # ~0.15 M parameters: for tests and quick demos on CPU
         layers, channels = [], 3
         for width, stride in ((32, 2), (64, 2), (64, 1), (128, 2)):
             layers += [nn.Conv2d(channels, width, 3, stride=stride, padding=1, bias=False),
                        nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
             channels = width
-        # Keep *where* features are: crops are aligned by landmarks, so one skin spot sits at
-        # one place in every photo of a face, and a mole changes the embedding where it is.
-        # (A global pool would let the nostrils' darkness hide a mole's.)
-        layers += [nn.Conv2d(channels, TINY_MAP_CHANNELS, 1), nn.AdaptiveAvgPool2d(TINY_MAP_SIZE), nn.Flatten()]
-        return nn.Sequential(*layers), TINY_MAP_CHANNELS * TINY_MAP_SIZE ** 2
+        return nn.Sequential(*layers), channels
     if backbone not in _TORCHVISION_WEIGHTS:
         raise ValueError(f"unknown part backbone {backbone!r}; choose one of {', '.join(PART_BACKBONES)}")
-    trunk = getattr(torchvision.models, backbone)(weights=None)
-    width = trunk.fc.in_features
-    trunk.fc = nn.Identity()
-    return trunk, width
+    trunk = ResNetTrunk(backbone)
+    return trunk, trunk.out_channels
+
+
+def build_head_reducer(head: str, backbone: str, channels: int) -> tuple[nn.Module, int]:
+    """The step from the trunk's map to a vector, and the vector's width.
+
+    `pool`: global average pool (position is lost). `spatial`: a 1×1 convolution to a few
+    channels, pooled to a fixed grid (7×7 for ResNets: their map at 224 px; 8×8 for the
+    tiny encoder: its map at 64 px), then flattened, so the linear layer sees *where* a
+    feature is. Crops are aligned by landmarks, so a mole sits at one place in every crop
+    of a face; a global pool would mix it into the rest of the crop.
+    """
+    if head == "pool":
+        return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), channels
+    if head == "spatial":
+        map_channels, grid = SPATIAL_HEAD[backbone]
+        return nn.Sequential(nn.Conv2d(channels, map_channels, 1), nn.AdaptiveAvgPool2d(grid), nn.Flatten()), \
+            map_channels * grid * grid
+    raise ValueError(f"unknown part head {head!r}; choose one of {', '.join(PART_HEADS)}")
 
 
 def load_trunk_weights(trunk: nn.Module, backbone: str, weights: str) -> None:
@@ -113,25 +145,28 @@ def load_trunk_weights(trunk: nn.Module, backbone: str, weights: str) -> None:
 
 
 class PartEncoder(nn.Module):
-    """One CNN trunk and a linear layer to the part embedding."""
+    """One CNN trunk, a head reducer (`pool` or `spatial`) and a linear layer to the part embedding."""
 
-    def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none"):
+    def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none",
+                 head: str = "spatial"):
         super().__init__()
-        self.trunk, width = build_trunk(backbone)
+        self.trunk, channels = build_trunk(backbone)
         load_trunk_weights(self.trunk, backbone, weights)
+        self.reduce, width = build_head_reducer(head, backbone, channels)
         self.head = nn.Linear(width, embedding_dim)
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        return self.head(self.trunk(crops))
+        return self.head(self.reduce(self.trunk(crops)))
 
 
 class FacePartsModel(nn.Module):
     """Five separate part encoders; output is the concatenation in `PART_NAMES` order."""
 
-    def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none"):
+    def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none",
+                 head: str = "spatial"):
         super().__init__()
         self.embedding_dim = embedding_dim
-        self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights)
+        self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights, head)
                                        for part in PART_NAMES})
 
     @property

@@ -8,6 +8,8 @@ script can call them with what it has.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,7 +19,7 @@ import distributed
 from combined_model import TwinVerificationModel
 from cutout import PART_NAMES
 from face_parts_model import part_encoder_input
-from triplet_dataset import FaceDataIndex, FaceViewDataset, ImageDataset
+from triplet_dataset import DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset
 
 GLOBAL_BATCH_SIZE = 32
 
@@ -108,6 +110,39 @@ def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np
     return distributed.gather_rows(local.float(), len(numbers), context).cpu().numpy()
 
 
+def tensor_file_identity(path: Path) -> str:
+    """`path size mtime` of a global-model input file; a missing file is named."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        raise DataIndexError(f"{path}: aligned-face input tensor missing; re-run the extractor") from None
+    return f"{path.resolve()} {status.st_size} {status.st_mtime_ns}"
+
+
+def global_cache_key(model: TwinVerificationModel, index: FaceDataIndex, views: int, seed: int) -> dict:
+    """What a cache of global embeddings depends on: the global model file (hash and input
+    convention), the images (path, size and modification time of each input tensor, so that
+    re-extracting into the same paths is noticed) and, when augmented views are cached, their
+    number and seed (plain embeddings do not depend on a seed)."""
+    recorded = model.global_file
+    key = {"adaface": f"{recorded['sha256']}:{recorded['input']}" if recorded
+           else f"untrained:{model.config.adaface_arch}",
+           "images": hashlib.sha256("\n".join(tensor_file_identity(r.tensor_path) for r in index.images)
+                                    .encode()).hexdigest(),
+           "views": views}
+    if views > 1:
+        key["seed"] = seed
+    return key
+
+
+def load_global_cache(path: str | Path, key: dict) -> torch.Tensor | None:
+    """The cached `N×V×G` global embeddings at `path` if their key is `key`, else None."""
+    if not Path(path).is_file():
+        return None
+    cached = torch.load(path, map_location="cpu", weights_only=True)
+    return cached["embeddings"] if cached.get("key") == key else None
+
+
 def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel:
     """The model a training config describes (`config`: a `TrainConfig`), seeded by its seed.
     `trust_checkpoint` allows full unpickling of an AdaFace file that weights-only loading refuses."""
@@ -117,4 +152,4 @@ def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel
         part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
         adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
         global_input_colour=config.global_input_colour_or_none, global_input_mean=config.global_input_mean,
-        global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint)
+        global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint, part_head=config.part_head)

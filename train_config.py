@@ -16,11 +16,13 @@ from typing import Any
 
 from cli_errors import EXIT_USAGE, ExpectedError
 from distributed import DEVICE_PATTERN
-from face_parts_model import PART_BACKBONES
+from face_parts_model import PART_BACKBONES, PART_HEADS
 from global_branch import default_global_model
+from mining import LOSSES
 from net import ADAFACE_ARCHS
 
 NEGATIVE_STRATEGIES = ("random", "twin", "mixed", "curriculum")
+SAMPLERS = ("families", "triplets")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Files and folders of a run: made absolute when the run starts, so that its checkpoints
 # work from any folder (evaluate.py reads the dataset through them).
@@ -45,7 +47,7 @@ def _key(help_text: str, **kwargs) -> Any:
 class TrainConfig:
     # --- the original configuration keys ---
     num_epochs: int = _key("epochs to train", default=100)
-    batch_size: int = _key("triplets per step on each process", default=8)
+    batch_size: int = _key("triplets per step on each process (--sampler triplets)", default=8)
     learning_rate: float = _key("peak learning rate (AdamW; warm-up, then cosine decay)", default=1e-4)
     triplet_margin: float = _key("triplet-loss margin on Euclidean distances between unit-length "
                                  "embeddings (range 0..2)", default=1.0)
@@ -75,16 +77,31 @@ class TrainConfig:
     part_backbone: str = _key("part encoder network", default="resnet50", metadata={"choices": PART_BACKBONES})
     part_weights: str = _key("part encoder initialisation: imagenet (torchvision's weights, downloaded "
                              "once into the torch cache), none, or a weight file", default="imagenet")
+    part_head: str = _key("part encoder head: spatial (1×1 conv to a few channels, flattened map, linear: "
+                          "keeps where a mark is) or pool (global average pool, linear)", default="spatial",
+                          metadata={"choices": PART_HEADS})
     hidden_dim: int = _key("hidden width of the projection", default=512)
     embedding_dim: int = _key("final embedding size", default=256)
     # --- data ---
     test_split: float = _key("share of families held out for evaluate.py (the rest after train and "
                              "test is validation)", default=0.1)
     seed: int = _key("seed of the split, initialisation, triplets and augmentation", default=0)
+    sampler: str = _key("families: each batch holds whole families (both twins) with K images per identity, "
+                        "each image encoded once; triplets: pre-drawn (anchor, positive, negative)",
+                        default="families", metadata={"choices": SAMPLERS})
+    families_per_batch: int = _key("families (twin pairs or twinless people) per batch and process "
+                                   "(--sampler families)", default=4)
+    images_per_identity: int = _key("images of each identity in a family batch (--sampler families)", default=4)
+    loss: str = _key("triplet: hinge on pre-drawn triplets (--sampler triplets); batch_hard: each anchor's "
+                     "hardest positive and negative in the batch (hinge with --triplet-margin); batch_hard_soft: the same "
+                     "with the soft margin log(1+exp(d(a,p)−d(a,n))); batch_all: mean over the batch's triplets "
+                     "with a non-zero hinge (all three --sampler families)", default="batch_all",
+                     metadata={"choices": LOSSES})
     negative_strategy: str = _key("negatives: random person, the anchor's twin, a mix, or a curriculum "
                                   "(random, then twin)", default="mixed",
                                   metadata={"choices": NEGATIVE_STRATEGIES})
-    twin_negative_fraction: float = _key("share of twin negatives for the mixed strategy", default=0.5)
+    twin_negative_fraction: float = _key("share of twin negatives for the mixed strategy (--sampler triplets)",
+                                         default=0.5)
     curriculum_switch_epoch: int = _key("first epoch (0-based) of the curriculum's twin stage", default=10)
     augment: bool = _key("augment part crops and the aligned face in training", default=True)
     augment_strength: float = _key("scale of the part augmentation ranges (rotation 8°, zoom and contrast "
@@ -148,8 +165,13 @@ class TrainConfig:
                        and self.global_input_std == 127.5), "global_input_colour",
               "the input convention flags apply only to an .onnx recogniser (AdaFace's input is BGR, mean and "
               "std 127.5)")
-        for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last",
-                    "global_input_colour"):
+        check(self.families_per_batch >= 1, "families_per_batch", "must be at least 1")
+        check(self.images_per_identity >= 2, "images_per_identity", "must be at least 2 (an anchor needs a positive)")
+        check((self.sampler == "triplets") == (self.loss == "triplet"), "loss",
+              f"--loss triplet goes with --sampler triplets, the mining losses with --sampler families "
+              f"(sampler is {self.sampler!r})")
+        for key in ("adaface_arch", "part_backbone", "part_head", "sampler", "loss", "negative_strategy",
+                    "precision", "channels_last", "global_input_colour"):
             choices = self.field_metadata(key)["choices"]
             check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")
 

@@ -16,7 +16,6 @@ metrics.jsonl) and cache/ (AdaFace embeddings: the frozen branch runs once per i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import sys
@@ -34,15 +33,18 @@ from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
 from cli_errors import ExpectedError, cli_main
 from combined_model import CheckpointMismatchError, TwinVerificationModel, non_finite_keys, read_checkpoint
 from cutout import PART_NAMES
+import mining
+from family_batches import FamilyBatchDataset, epoch_family_batches, family_batch_positions
 from run_folder import locked_run_folder, same_folder
 from train_config import DATA_PATH_KEYS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
-from triplet_dataset import (DataIndexError, FaceDataIndex, TripletDataset, curriculum_stage,
-                             draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
+from triplet_dataset import (DataIndexError, FaceDataIndex, TripletDataset, curriculum_stage, draw_triplets,
+                             epoch_triplets, load_or_make_split, read_crop_rgb)
 
 CHECKPOINT_FORMAT = 1
 ROLES = ("anchor", "positive", "negative")
 RESUME_KEYS = ("config", "model_state_dict", "optimizer", "scheduler", "scaler", "rng", "epoch", "global_step",
                "history", "best", "epochs_without_improvement", "finished")
+TIME_TO_TWIN_EER = (0.2, 0.1)  # validation twin EER levels whose first crossing is recorded
 
 
 class NonFiniteLossError(ExpectedError, RuntimeError):
@@ -80,6 +82,16 @@ def epoch_steps(triplet_count: int, world_size: int, batch_size: int) -> int:
     return -(-(triplet_count // world_size) // batch_size)
 
 
+def record_time_to_accuracy(state: dict[str, Any], twin_eer: float | None, epoch: int) -> None:
+    """Note the first epoch at which the validation twin EER fell below each level of
+    `TIME_TO_TWIN_EER`, with the images encoded and seconds (training + validation) until then."""
+    for level in TIME_TO_TWIN_EER:
+        key = str(level)
+        if twin_eer is not None and twin_eer < level and state["time_to_twin_eer"][key] is None:
+            state["time_to_twin_eer"][key] = {"epoch": epoch, "images_encoded": state["images_encoded"],
+                                              "seconds": round(state["seconds"], 3)}
+
+
 def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
     """What early stopping and best.pth follow: the twin EER (general EER if there are no twins)."""
     if validation["twin_eer"] is not None:
@@ -95,60 +107,83 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
 
     Computed once (by the main process, in float32) and kept on disk: the branch is
     frozen, so they never change. The cache is keyed by the global file's hash and input
-    convention, the images (path, size and modification time of each input tensor, so that
-    re-extracting into the same paths is noticed) and the views, and recomputed if any of these differ.
+    convention, the images and the views (`model_runner.global_cache_key`), and recomputed
+    if any of these differ.
     """
-    recorded = model.global_file
-    key = {"adaface": f"{recorded['sha256']}:{recorded['input']}" if recorded else f"untrained:{config.adaface_arch}",
-           "images": hashlib.sha256("\n".join(tensor_file_identity(r.tensor_path) for r in index.images)
-                                    .encode()).hexdigest(),
-           "views": 1 + (config.face_augment_views if config.augment else 0), "seed": config.seed}
+    key = runner.global_cache_key(model, index, 1 + (config.face_augment_views if config.augment else 0),
+                                  config.seed)
     path = cache_dir / "global_embeddings.pt"
-    if context.is_main:
-        cached = torch.load(path, weights_only=True) if path.exists() else None
-        if cached is None or cached["key"] != key:
-            embeddings = runner.global_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
-                                                  config.seed, context.device, config.num_workers, config.progress)
-            torch_save_atomic({"key": key, "embeddings": embeddings}, path)
+    if context.is_main and runner.load_global_cache(path, key) is None:
+        embeddings = runner.global_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
+                                              config.seed, context.device, config.num_workers, config.progress)
+        torch_save_atomic({"key": key, "embeddings": embeddings}, path)
     distributed.barrier(context)
     return torch.load(path, weights_only=True)["embeddings"]
 
 
-def tensor_file_identity(path: Path) -> str:
-    """`path size mtime` of an AdaFace input file; a missing file is named."""
-    try:
-        status = path.stat()
-    except FileNotFoundError:
-        raise DataIndexError(f"{path}: AdaFace input tensor missing; re-run the extractor") from None
-    return f"{path.resolve()} {status.st_size} {status.st_mtime_ns}"
-
-
 # ---- one epoch of training --------------------------------------------------------------
 
-def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache, config: TrainConfig,
+def epoch_batches(index, persons: list[str], cache, config: TrainConfig, context: distributed.Context,
+                  epoch: int):
+    """This process's loader for one epoch, and its number of steps (a function of seed and epoch)."""
+    device = context.device
+    if config.sampler == "families":
+        batches = epoch_family_batches(index, persons, config.families_per_batch, config.images_per_identity,
+                                       config.seed, epoch, context.rank, context.world_size)
+        dataset = FamilyBatchDataset(index, batches, cache, config.augment, config.seed, epoch, config.augment_strength)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=family_batch_positions(batches),
+                                             num_workers=config.num_workers, pin_memory=device.type == "cuda")
+        return loader, len(batches)
+    triplets = epoch_triplets(index, persons, config.negative_strategy, config.twin_negative_fraction,
+                              config.curriculum_switch_epoch, config.seed, epoch)
+    positions = rank_positions(len(triplets), context.rank, context.world_size)
+    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
+    loader = runner.make_loader(torch.utils.data.Subset(dataset, positions.tolist()), config.batch_size,
+                                config.num_workers, device)
+    return loader, epoch_steps(len(triplets), context.world_size, config.batch_size)
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig, device: torch.device, dtype,
+               channels_last: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    """One step's loss and its statistics, for either sampler. Every image is encoded once."""
+    if config.sampler == "families":
+        parts_uint8, global_embedding = batch["parts"], batch["global"]
+    else:
+        parts_uint8 = torch.cat([batch[f"{r}_parts"] for r in ROLES])
+        global_embedding = torch.cat([batch[f"{r}_global"] for r in ROLES])
+    parts = runner.parts_to_device(parts_uint8, device, channels_last)
+    with runner.autocast(device, dtype):
+        embedding = model(None, parts, global_embedding=global_embedding.to(device, non_blocking=True)).embedding
+    images = len(parts_uint8)
+    if config.sampler == "families":
+        mined = mining.mined_loss(config.loss, embedding, batch["identity"].to(device), batch["family"].to(device),
+                                  config.triplet_margin)
+        twin = mined.hardest_negative_is_twin
+        return mined.loss, {"triplets": mined.triplets, "active": mined.active_fraction * mined.triplets,
+                            "twin_negatives": 0.0 if math.isnan(twin) else twin, "twin_steps": 0 if math.isnan(twin) else 1,
+                            "images": images}
+    size = len(batch["twin_negative"])
+    loss, per_triplet = triplet_loss(*embedding.split(size), margin=config.triplet_margin)
+    return loss, {"triplets": size, "active": (per_triplet > 0).sum().item(),
+                  "twin_negatives": batch["twin_negative"].sum().item() / size, "twin_steps": 1, "images": images}
+
+
+def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainConfig,
                     context: distributed.Context, epoch: int, writer, global_step: int) -> dict[str, Any]:
-    """Train on this process's share of the epoch's triplets; returns the epoch's statistics."""
+    """Train on this process's batches of the epoch (from `epoch_batches`); returns the epoch's statistics."""
     device = context.device
     dtype = runner.autocast_dtype(config.precision, device)
     channels_last = runner.uses_channels_last(config.channels_last, device)
-    positions = rank_positions(len(triplets), context.rank, context.world_size)
-    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
-    batches = runner.make_loader(torch.utils.data.Subset(dataset, positions.tolist()), config.batch_size,
-                                 config.num_workers, device)
     model.train()
-    totals = torch.zeros(4, dtype=torch.float64)  # loss·n, active, twin negatives, n
+    # loss·triplets, active triplets, triplets, twin-negative share summed over steps, steps, images
+    totals = torch.zeros(6, dtype=torch.float64)
     data_seconds = compute_seconds = 0.0
     first_batch = True
     tick = time.perf_counter()
     for batch in runner.progress_bar(batches, config.progress, f"epoch {epoch + 1}/{config.num_epochs}"):
         ready = time.perf_counter()
-        size = len(batch["twin_negative"])
-        parts = runner.parts_to_device(torch.cat([batch[f"{r}_parts"] for r in ROLES]), device, channels_last)
-        global_embedding = torch.cat([batch[f"{r}_global"] for r in ROLES]).to(device, non_blocking=True)
-        with runner.autocast(device, dtype):
-            embedding = model(None, parts, global_embedding=global_embedding).embedding
-        loss, per_triplet = triplet_loss(*embedding.split(size), margin=config.triplet_margin)
-        step_loss = distributed.sum_across(loss.detach().reshape(1), context) / context.world_size
+        loss, stats = batch_loss(model, batch, config, device, dtype, channels_last)
+        step_loss = distributed.sum_across(loss.detach().float().reshape(1), context) / context.world_size
         if not torch.isfinite(step_loss).all():
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {global_step}; the last good "
                                      f"checkpoint is {Path(config.output_dir) / 'checkpoints' / 'latest.pth'}")
@@ -161,27 +196,31 @@ def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache,
         scaler.update()
         scheduler.step()
         global_step += 1
-        active = (per_triplet > 0).float()
-        totals += torch.tensor([loss.item() * size, active.sum().item(), batch["twin_negative"].sum().item(), size],
-                               dtype=torch.float64)
+        totals += torch.tensor([loss.item() * stats["triplets"], stats["active"], stats["triplets"],
+                                stats["twin_negatives"], stats["twin_steps"], stats["images"]], dtype=torch.float64)
         if writer is not None and global_step % config.log_every_steps == 0:
             writer.add_scalar("train/batch_loss", step_loss.item(), global_step)
             writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], global_step)
-            writer.add_scalar("train/batch_active_fraction", active.mean().item(), global_step)
+            writer.add_scalar("train/batch_active_fraction", stats["active"] / max(1, stats["triplets"]), global_step)
+            if stats["twin_steps"]:
+                writer.add_scalar("train/batch_twin_negative_ratio", stats["twin_negatives"], global_step)
         if writer is not None and first_batch:
-            write_crop_grid(writer, batch["anchor_parts"], global_step)
+            write_crop_grid(writer, batch["parts" if config.sampler == "families" else "anchor_parts"], global_step)
             first_batch = False
         done = time.perf_counter()
         data_seconds += ready - tick
         compute_seconds += done - ready
         tick = done
     totals = distributed.sum_across(totals, context)
-    count = max(1.0, totals[3].item())
-    elapsed = data_seconds + compute_seconds
+    count = max(1.0, totals[2].item())
+    elapsed = max(data_seconds + compute_seconds, 1e-9)
+    images = int(totals[5].item())
     return {"train_loss": totals[0].item() / count, "active_fraction": totals[1].item() / count,
-            "twin_negative_ratio": totals[2].item() / count, "triplets": int(count),
-            "triplets_per_second": count / max(elapsed, 1e-9),
-            "data_wait_fraction": data_seconds / max(elapsed, 1e-9), "global_step": global_step}
+            # triplets: share of twin negatives; families: share of anchors whose hardest negative is the twin
+            "twin_negative_ratio": totals[3].item() / max(1.0, totals[4].item()), "triplets": int(count),
+            "triplets_per_second": count / elapsed, "images_encoded": images,
+            "part_images_per_second": images * len(PART_NAMES) / elapsed,
+            "data_wait_fraction": data_seconds / elapsed, "global_step": global_step}
 
 
 def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
@@ -354,9 +393,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
         model.face_parts.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = epoch_steps(len(epoch_triplets(index, split["train"], config.negative_strategy,
-                                                     config.twin_negative_fraction, config.curriculum_switch_epoch,
-                                                     config.seed, 0)), context.world_size, config.batch_size)
+    steps_per_epoch = epoch_batches(index, split["train"], cache, config, context, 0)[1]
     total_steps = steps_per_epoch * config.num_epochs
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -364,7 +401,8 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
     scaler = runner.grad_scaler(context.device, runner.autocast_dtype(config.precision, context.device))
 
     state = {"epoch": 0, "global_step": 0, "history": [], "best": None, "epochs_without_improvement": 0,
-             "finished": None}
+             "finished": None, "images_encoded": 0, "seconds": 0.0,
+             "time_to_twin_eer": {str(level): None for level in TIME_TO_TWIN_EER}}
     if latest_path.exists():
         # Read to the CPU whatever device wrote it: the model copies its weights to its own
         # device, the optimiser casts its state to its parameters' device, and the RNG state
@@ -377,7 +415,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
         scheduler.load_state_dict(saved["scheduler"])
         scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng"]["torch"])
-        state = {k: saved[k] for k in state}
+        state = {k: saved.get(k, state[k]) for k in state}
         if context.is_main:
             print(f"resuming from {latest_path}: {state['epoch']} of {config.num_epochs} epochs done")
     if state["finished"]:
@@ -407,19 +445,24 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
     try:
         while state["epoch"] < config.num_epochs:
             epoch = state["epoch"]
-            triplets = epoch_triplets(index, split["train"], config.negative_strategy, config.twin_negative_fraction,
-                                      config.curriculum_switch_epoch, config.seed, epoch)
-            stats = train_one_epoch(ddp_model, optimizer, scheduler, scaler, index, triplets, cache, config,
-                                    context, epoch, writer, state["global_step"])
+            epoch_started = time.perf_counter()
+            batches, _steps = epoch_batches(index, split["train"], cache, config, context, epoch)
+            stats = train_one_epoch(ddp_model, optimizer, scheduler, scaler, batches, config, context, epoch, writer,
+                                    state["global_step"])
             state["global_step"] = stats.pop("global_step")
             validation = validator(model, cache[:, 0], context)
+            state["images_encoded"] += stats["images_encoded"]
+            state["seconds"] += time.perf_counter() - epoch_started
+            record_time_to_accuracy(state, validation["twin_eer"], epoch + 1)
             scores, kinds = validation.pop("_scores"), validation.pop("_kinds")
             metric_name, metric = selection_metric(validation)
             improved = state["best"] is None or metric < state["best"]["metric"]
             state["epochs_without_improvement"] = 0 if improved else state["epochs_without_improvement"] + 1
             row = {"epoch": epoch + 1, "stage": curriculum_stage(config.negative_strategy, epoch,
                                                                  config.curriculum_switch_epoch),
-                   "learning_rate": scheduler.get_last_lr()[0], **stats, **validation}
+                   "learning_rate": scheduler.get_last_lr()[0], **stats, **validation,
+                   "cumulative_images_encoded": state["images_encoded"], "cumulative_seconds": state["seconds"],
+                   "time_to_twin_eer": {k: v and dict(v) for k, v in state["time_to_twin_eer"].items()}}
             state["history"].append(row)
             state["epoch"] = epoch + 1
             if improved:
@@ -443,7 +486,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
                                    "frozen_files": model.frozen_files()}, latest_path)
                 print(f"epoch {epoch + 1}/{config.num_epochs}: loss {row['train_loss']:.4f}, "
                       f"val loss {_number(row['val_loss'])}, twin EER {_pct(row['twin_eer'])}, general EER "
-                      f"{_pct(row['general_eer'])}, {row['triplets_per_second']:.1f} triplets/s"
+                      f"{_pct(row['general_eer'])}, {row['part_images_per_second']:.0f} part-images/s"
                       + (" (best)" if improved else ""))
             distributed.barrier(context)
             invocation_epochs += 1
@@ -468,7 +511,7 @@ def _pct(value: float | None) -> str:
 
 def log_epoch(writer, row: dict[str, Any], scores: np.ndarray, kinds: np.ndarray, step: int, label: str) -> None:
     for key in ("train_loss", "active_fraction", "twin_negative_ratio", "triplets_per_second",
-                "data_wait_fraction", "stage", "learning_rate"):
+                "part_images_per_second", "data_wait_fraction", "stage", "learning_rate"):
         writer.add_scalar(f"train/{key}", row[key], step)
     for key in ("val_loss", "twin_eer", "general_eer", "all_eer"):
         if row[key] is not None:

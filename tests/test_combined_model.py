@@ -243,4 +243,42 @@ def test_parameter_count_script(capsys):
     count_parameters.main([])
     printed = capsys.readouterr().out
     assert "43,585,600" in printed.splitlines()[0]
-    assert "trainable total" in printed and "119,573,184" in printed
+    assert "trainable total" in printed and "118,928,144" in printed
+
+
+@pytest.mark.parametrize("backbone,crop,grid", [("tiny", 64, 8), ("resnet18", 224, 7), ("resnet34", 224, 7),
+                                                ("resnet50", 224, 7)])
+def test_spatial_head_keeps_the_map_and_gradients_reach_it(backbone, crop, grid):
+    from face_parts_model import SPATIAL_HEAD, PartEncoder
+
+    torch.manual_seed(0)
+    encoder = PartEncoder(backbone, embedding_dim=12, head="spatial").train()
+    crops = torch.randn(2, 3, crop, crop)
+    feature_map = encoder.trunk(crops)
+    assert feature_map.shape[-2:] == (grid, grid)  # the trunk's map, e.g. 7×7 for a ResNet at 224 px
+    conv, pool, flatten = encoder.reduce
+    channels = SPATIAL_HEAD[backbone][0]
+    assert conv.kernel_size == (1, 1) and conv.out_channels == channels
+    assert encoder.reduce(feature_map).shape == (2, channels * grid * grid)
+    assert encoder.head.in_features == channels * grid * grid
+    out = encoder(crops)
+    assert out.shape == (2, 12)
+    out.sum().backward()
+    assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+    assert encoder.head.weight.grad.abs().sum() > 0
+    if backbone != "tiny":
+        assert encoder.trunk.conv1.weight.grad.abs().sum() > 0
+
+
+def test_pool_head_and_the_head_choice_in_checkpoints(adaface_file, tmp_path):
+    from face_parts_model import PartEncoder
+
+    pooled = PartEncoder("tiny", embedding_dim=12, head="pool")
+    assert pooled.head.in_features == 128 and pooled(torch.randn(2, 3, 40, 40)).shape == (2, 12)
+    with pytest.raises(ValueError, match="part head"):
+        PartEncoder("tiny", head="attention")
+    model = TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file), part_head="pool")
+    torch.save(model.deployable_checkpoint(), tmp_path / "best.pth")
+    rebuilt = TwinVerificationModel.from_checkpoint(tmp_path / "best.pth")
+    assert rebuilt.config.part_head == "pool"
+    assert rebuilt.face_parts.encoders["nose"].head.in_features == 128

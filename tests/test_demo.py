@@ -5,6 +5,7 @@ import tarfile
 
 import pytest
 
+import demo_data
 import demo_photos
 import run_demo
 
@@ -60,14 +61,14 @@ def test_demo_global_model_choice(tmp_path, monkeypatch):
     """AdaFace where present, else the ONNX recogniser (with its licence), untrained only when asked."""
     recogniser = tmp_path / "w600k_mbf.onnx"
     monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(tmp_path / "absent.ckpt"))
-    with pytest.raises(run_demo.GlobalModelChoiceError, match="--global-model none"):
-        run_demo.choose_global_model("auto", recogniser)
+    with pytest.raises(demo_data.GlobalModelChoiceError, match="--global-model none"):
+        demo_data.choose_global_model("auto", recogniser)
     recogniser.write_bytes(b"stand-in")
-    chosen, note = run_demo.choose_global_model("auto", recogniser)
+    chosen, note = demo_data.choose_global_model("auto", recogniser)
     assert chosen == str(recogniser) and "non-commercial research only" in note
     adaface = tmp_path / "adaface_ir50_ms1mv2.ckpt"
     adaface.write_bytes(b"stand-in")
     monkeypatch.setenv("TWIN_ADAFACE_CHECKPOINT", str(adaface))
-    assert run_demo.choose_global_model("auto", recogniser)[0] == str(adaface.resolve())
-    assert run_demo.choose_global_model("none", recogniser) == ("none", run_demo.choose_global_model("none")[1])
-    assert "UNTRAINED" in run_demo.choose_global_model("none")[1]
+    assert demo_data.choose_global_model("auto", recogniser)[0] == str(adaface.resolve())
+    assert demo_data.choose_global_model("none", recogniser) == ("none", demo_data.choose_global_model("none")[1])
+    assert "UNTRAINED" in demo_data.choose_global_model("none")[1]

@@ -74,8 +74,11 @@ def test_end_to_end_outputs(finished_run):
     rows = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "val_loss", "twin_eer", "general_eer", "active_fraction", "twin_negative_ratio",
-                "triplets_per_second", "learning_rate", "stage"):
+                "triplets_per_second", "part_images_per_second", "learning_rate", "stage", "time_to_twin_eer"):
         assert rows[-1][key] is not None, key
+    assert config.sampler == "families" and config.loss == "batch_all" and config.part_head == "spatial"  # defaults
+    assert rows[-1]["cumulative_images_encoded"] == sum(r["images_encoded"] for r in rows) == state["images_encoded"]
+    assert set(rows[-1]["time_to_twin_eer"]) == {"0.2", "0.1"}
 
     best = torch.load(output / "checkpoints" / "best.pth", weights_only=True)
     assert best["epoch"] == state["best"]["epoch"] and best["config"]["seed"] == config.seed
@@ -99,6 +102,7 @@ def test_tensorboard_has_the_promised_series(finished_run):
     scalars = set(events.Tags()["scalars"])
     for tag in ("train/batch_loss", "train/learning_rate", "train/train_loss", "train/stage",
                 "train/twin_negative_ratio", "train/active_fraction", "train/triplets_per_second",
+                "train/part_images_per_second", "train/batch_active_fraction", "train/batch_twin_negative_ratio",
                 "val/val_loss", "val/twin_eer", "val/general_eer"):
         assert tag in scalars, tag
     assert "train/part_crops" in events.Tags()["images"] and "val/roc" in events.Tags()["images"]
@@ -126,6 +130,44 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(synthetic_data, f
     assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in resumed["history"]]
 
 
+def test_resume_with_pre_drawn_triplets_too(synthetic_data, tmp_path):
+    config = tiny_train_config(synthetic_data, tmp_path / "straight", num_epochs=2, sampler="triplets", loss="triplet")
+    straight = train.run_training(config)
+    interrupted = replace(config, output_dir=str(tmp_path / "resumed"), stop_after_epochs=1)
+    train.run_training(interrupted)
+    resumed = train.run_training(replace(interrupted, stop_after_epochs=0))
+    assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in resumed["history"]]
+    assert straight["history"][0]["images_encoded"] == 3 * straight["history"][0]["triplets"] > 0
+
+
+def test_time_to_accuracy_records_the_first_crossing_only():
+    state = {"images_encoded": 100, "seconds": 2.0, "time_to_twin_eer": {"0.2": None, "0.1": None}}
+    train.record_time_to_accuracy(state, 0.25, 1)
+    assert state["time_to_twin_eer"] == {"0.2": None, "0.1": None}
+    train.record_time_to_accuracy(state, 0.15, 2)
+    state.update(images_encoded=300, seconds=5.0)
+    train.record_time_to_accuracy(state, 0.05, 3)
+    train.record_time_to_accuracy(state, 0.01, 4)
+    assert state["time_to_twin_eer"] == {"0.2": {"epoch": 2, "images_encoded": 100, "seconds": 2.0},
+                                         "0.1": {"epoch": 3, "images_encoded": 300, "seconds": 5.0}}
+
+
+def test_help_lists_every_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--help"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "--families-per-batch" in printed and "--part-head" in printed and "±8%/±20%" in printed
+
+
+def test_sampler_and_loss_must_agree():
+    with pytest.raises(ConfigError, match="sampler"):
+        TrainConfig(sampler="triplets", loss="batch_hard")
+    with pytest.raises(ConfigError, match="sampler"):
+        TrainConfig(sampler="families", loss="triplet")
+    assert parse_config(["--sampler", "triplets", "--loss", "triplet"]).negative_strategy == "mixed"
+
+
 def test_changed_settings_refuse_to_resume(finished_run):
     config, _, _ = finished_run
     with pytest.raises(ConfigError, match="learning_rate"):
@@ -136,13 +178,13 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data
     config = tiny_train_config(synthetic_data, tmp_path / "nan", num_epochs=3)
     train.run_training(replace(config, stop_after_epochs=1))
     good = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
-    real_loss = train.triplet_loss
+    real_loss = train.mining.mined_loss
 
     def poisoned(*args, **kwargs):
-        loss, per = real_loss(*args, **kwargs)
-        return loss * float("nan"), per
+        result = real_loss(*args, **kwargs)
+        return result._replace(loss=result.loss * float("nan"))
 
-    monkeypatch.setattr(train, "triplet_loss", poisoned)
+    monkeypatch.setattr(train.mining, "mined_loss", poisoned)
     with pytest.raises(train.NonFiniteLossError, match="latest.pth"):
         train.run_training(config)
     kept = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
@@ -158,8 +200,8 @@ def test_bf16_learns_as_well_as_fp32(tmp_path):
     data = write_synthetic_extraction(tmp_path / "data", families=10, images_per_person=4)
     results = {}
     for precision in ("fp32", "bf16"):
-        config = tiny_train_config(data, tmp_path / precision, num_epochs=6, precision=precision,
-                                   negative_strategy="twin", augment=False, learning_rate=3e-3)
+        config = tiny_train_config(data, tmp_path / precision, num_epochs=6, precision=precision, sampler="triplets",
+                                   loss="triplet", negative_strategy="twin", augment=False, learning_rate=3e-3)
         results[precision] = train.run_training(config)["history"]
     for precision, history in results.items():
         assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"], precision
@@ -182,8 +224,10 @@ def test_two_process_ddp_with_gloo(synthetic_data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "checkpoints" / "latest.pth", weights_only=True)
     assert state["epoch"] == 2
-    single_epoch_triplets = 32 - 32 % 2  # each process took every second triplet
-    assert state["history"][0]["triplets"] <= single_epoch_triplets
+    # 3 training families, 4 images per identity: one step in which each process takes a family of its
+    # own. batch_all counts (anchor, positive, negative) triplets: 8 × 3 × 4 = 96 for a twin pair on its
+    # own, none for the twinless person alone (no negative), summed over both processes
+    assert state["history"][0]["triplets"] in (96, 192)
     assert result.stdout.count("epoch 1/2") == 1  # only the main process reports
     TwinVerificationModel.from_checkpoint(tmp_path / "ddp" / "checkpoints" / "best.pth")
 

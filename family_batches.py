@@ -1,0 +1,118 @@
+"""Family batches: each training batch holds whole families with K images per identity.
+
+A family is a twin pair, or a person without a twin. With both twins in the batch, the
+twin is there for every anchor to be compared with, and online mining (`mining.py`) finds
+the hardest positive and negative among all the batch's images, each encoded once.
+
+The draw is a pure function of `(seed, epoch)`. An epoch has `rounds` rounds; in each,
+every family appears once, in a fresh order, and each identity contributes the next K
+images of its own shuffled cycle, so over the rounds an identity's photos are all used.
+With several processes, each step's families are dealt out so that no two processes
+share a family (the last families of a round that do not fill a step wait for the next).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from triplet_dataset import DataIndexError, FaceDataIndex, load_parts
+
+_STREAM_FAMILIES, _STREAM_AUGMENT = 11, 12
+
+
+@dataclass(frozen=True)
+class FamilyBatches:
+    batches: list[np.ndarray]   # image numbers of each of this process's batches
+    identity: np.ndarray        # person number of every image of `index` (labels for mining)
+    family: np.ndarray          # family number of every image of `index` (twins share one)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def family_labels(index: FaceDataIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: its identity number and its family number (twins share a family)."""
+    family_of_person = {}
+    for number, family in enumerate(index.families()):
+        for person in family:
+            family_of_person[person] = number
+    family = np.array([family_of_person[index.persons[p]] for p in index.person_of_image], dtype=np.int64)
+    return index.person_of_image.copy(), family
+
+
+def rounds_per_epoch(index: FaceDataIndex, persons: list[str], images_per_identity: int) -> int:
+    """Enough rounds that an identity of typical size shows each of its images about once."""
+    sizes = [len(index.images_of[p]) for p in persons if p in index.images_of]
+    return max(1, int(round(float(np.median(sizes)) / images_per_identity))) if sizes else 1
+
+
+def epoch_family_batches(index: FaceDataIndex, persons: list[str], families_per_batch: int,
+                         images_per_identity: int, seed: int, epoch: int, rank: int = 0,
+                         world_size: int = 1) -> FamilyBatches:
+    """This process's family batches of one epoch (a function of seed and epoch only).
+
+    A batch holds `families_per_batch` families, or every family a process can have when
+    the training set has fewer."""
+    members = set(persons)
+    families = [tuple(p for p in family if p in members) for family in index.families()]
+    families = [family for family in families if family]
+    families_per_batch = min(families_per_batch, len(families) // world_size)  # a small dataset: all it has
+    if families_per_batch < 1:
+        raise DataIndexError(f"{len(families)} training families cannot give each of {world_size} processes "
+                             "a family of its own; use fewer processes")
+    per_step = families_per_batch * world_size
+    rng = np.random.default_rng([seed, _STREAM_FAMILIES, epoch])
+    cycles = {p: rng.permutation(index.images_of[p]) for family in families for p in family}
+    used = {p: 0 for p in cycles}
+
+    def next_images(person: str) -> list[int]:
+        cycle, start = cycles[person], used[person]
+        used[person] += images_per_identity
+        return [int(cycle[(start + k) % len(cycle)]) for k in range(images_per_identity)]
+
+    batches = []
+    for _ in range(rounds_per_epoch(index, persons, images_per_identity)):
+        order = rng.permutation(len(families))
+        for step in range(len(order) // per_step):
+            step_families = order[step * per_step:(step + 1) * per_step]
+            # every process draws every family's images, so the cycles stay identical on all ranks
+            drawn = [[i for person in families[f] for i in next_images(person)] for f in step_families]
+            mine = drawn[rank * families_per_batch:(rank + 1) * families_per_batch]
+            batches.append(np.array([i for family in mine for i in family], dtype=np.int64))
+    identity, family = family_labels(index)
+    return FamilyBatches(batches, identity, family)
+
+
+class FamilyBatchDataset(Dataset):
+    """Item `(step, slot)` → one image's uint8 parts, cached global embedding and labels.
+
+    Used with `batch_sampler=family_batch_positions(...)`, so each loader batch is one
+    family batch and every image in it is loaded (and later encoded) once.
+    """
+
+    def __init__(self, index: FaceDataIndex, batches: FamilyBatches, global_embeddings: torch.Tensor,
+                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0):
+        self.index, self.batches, self.global_embeddings = index, batches, global_embeddings
+        self.augment, self.seed, self.epoch, self.augment_strength = augment, seed, epoch, augment_strength
+
+    def __len__(self) -> int:
+        return sum(len(b) for b in self.batches.batches)
+
+    def __getitem__(self, position: tuple[int, int]) -> dict[str, torch.Tensor]:
+        step, slot = position
+        image = int(self.batches.batches[step][slot])
+        rng = np.random.default_rng([self.seed, _STREAM_AUGMENT, self.epoch, step, slot]) if self.augment else None
+        view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
+        return {"parts": load_parts(self.index.images[image], rng, self.augment_strength),
+                "global": self.global_embeddings[image, view],
+                "identity": torch.tensor(int(self.batches.identity[image])),
+                "family": torch.tensor(int(self.batches.family[image]))}
+
+
+def family_batch_positions(batches: FamilyBatches) -> list[list[tuple[int, int]]]:
+    """A DataLoader `batch_sampler`: the (step, slot) positions of each batch."""
+    return [[(step, slot) for slot in range(len(batch))] for step, batch in enumerate(batches.batches)]
