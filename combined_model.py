@@ -1,7 +1,11 @@
 """The twin verification model: frozen AdaFace (global) + five part encoders (local).
 
     global 512 (AdaFace IR, frozen, unit length)  ┐
-    local 5 × 128 (one encoder per part)          ┴→ 1152 → 512 → 256, L2-normalised
+    local R × 128 (one encoder per region)        ┴→ 512 + R·128 → 512 → 256, L2-normalised
+
+R is the number of face regions in the model's config (`regions`; the five parts unless
+chosen otherwise, 1152 inputs to the projection then). Checkpoints written before regions
+were configurable have no `regions` key and load as the five parts.
 
 The output is unit length, so squared Euclidean distance is `2 − 2·cosine`: the
 triplet loss (which uses Euclidean distance) and cosine-similarity scoring rank pairs
@@ -24,6 +28,7 @@ import torch
 from torch import nn
 
 from atomic_files import sha256_of_file
+from cutout import PART_NAMES, parse_regions
 from face_parts_model import FacePartsModel
 from net import ADAFACE_EMBEDDING_DIM, build_adaface, load_adaface
 
@@ -62,6 +67,7 @@ class ModelConfig:
     part_backbone: str = "resnet50"
     hidden_dim: int = 512
     embedding_dim: int = 256
+    regions: tuple[str, ...] = PART_NAMES  # face regions, in the order of the part encoders
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
@@ -69,14 +75,24 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise CheckpointMismatchError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        values = dict(values)
+        if "regions" in values:
+            try:
+                values["regions"] = parse_regions(values["regions"])
+            except ValueError as error:
+                raise CheckpointMismatchError(f"model config: {error}") from None
         return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (a list for the regions), for `torch.load(weights_only=True)`."""
+        return {**asdict(self), "regions": list(self.regions)}
 
 
 class TwinOutput(NamedTuple):
     embedding: torch.Tensor          # B×embedding_dim, unit length: what verification compares
     global_embedding: torch.Tensor   # B×512, AdaFace's unit-length feature
-    parts_embedding: torch.Tensor    # B×(5·D), per-part unit-length features, concatenated
-    combined: torch.Tensor           # B×(512 + 5·D), the projection's input
+    parts_embedding: torch.Tensor    # B×(R·D), per-region unit-length features, concatenated
+    combined: torch.Tensor           # B×(512 + R·D), the projection's input
 
 
 def build_global_branch(arch: str, checkpoint: str | None, trust_checkpoint: bool = False) -> nn.Module:
@@ -92,18 +108,19 @@ class TwinVerificationModel(nn.Module):
     def __init__(self, adaface_arch: str = "ir_50", face_parts_embedding_dim: int = 128,
                  part_backbone: str = "resnet50", hidden_dim: int = 512, embedding_dim: int = 256,
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
-                 trust_checkpoint: bool = False):
+                 trust_checkpoint: bool = False, regions: tuple[str, ...] = PART_NAMES):
         """`part_weights` only initialises the part encoders (`none`, `imagenet` or a file);
         `adaface_checkpoint=None` builds an untrained global branch (demos without the file)."""
         super().__init__()
         if adaface_checkpoint is DEFAULT:
             adaface_checkpoint = default_adaface_checkpoint()
         self.config = ModelConfig(adaface_arch, None if adaface_checkpoint is None else str(adaface_checkpoint),
-                                  face_parts_embedding_dim, part_backbone, hidden_dim, embedding_dim)
+                                  face_parts_embedding_dim, part_backbone, hidden_dim, embedding_dim,
+                                  parse_regions(regions))
         self.adaface = build_global_branch(adaface_arch, self.config.adaface_checkpoint, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
-        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights)
+        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights, self.config.regions)
         self.projection = nn.Sequential(
             nn.Linear(ADAFACE_EMBEDDING_DIM + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),
@@ -130,7 +147,8 @@ class TwinVerificationModel(nn.Module):
                 global_embedding: torch.Tensor | None = None) -> TwinOutput:
         """`face_tensor`: AdaFace inputs (BGR, `(x/255−0.5)/0.5`, B×3×112×112), may be None
         when `global_embedding` (B×512, precomputed by `embed_global`) is given.
-        `face_parts_dict`: part name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm)."""
+        `face_parts_dict`: region name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm),
+        one entry per region of `config.regions`."""
         if global_embedding is None:
             if face_tensor is None:
                 raise ValueError("give either face_tensor or a precomputed global_embedding")
@@ -164,7 +182,7 @@ class TwinVerificationModel(nn.Module):
 
     def deployable_checkpoint(self, **extra: Any) -> dict[str, Any]:
         """What inference needs: trainable weights, config, frozen-file hashes (+ `extra`)."""
-        return {"model_state_dict": self.state_dict(), "model_config": asdict(self.config),
+        return {"model_state_dict": self.state_dict(), "model_config": self.config.to_dict(),
                 "frozen_files": self.frozen_files(), **extra}
 
     @classmethod
@@ -183,7 +201,7 @@ class TwinVerificationModel(nn.Module):
         config = ModelConfig.from_dict(checkpoint["model_config"])
         recorded = checkpoint["frozen_files"]["adaface"]
         if recorded is not None and adaface_checkpoint is not None:
-            config = ModelConfig.from_dict({**asdict(config), "adaface_checkpoint": str(adaface_checkpoint)})
+            config = ModelConfig.from_dict({**config.to_dict(), "adaface_checkpoint": str(adaface_checkpoint)})
         model = cls(**asdict(config))
         if recorded is not None:
             actual = model.frozen_files()["adaface"]["sha256"]

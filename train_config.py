@@ -13,6 +13,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from cutout import REGION_NAMES, REGION_SETS, parse_regions
 from face_parts_model import PART_BACKBONES
 from net import ADAFACE_ARCHS
 
@@ -57,6 +58,9 @@ class TrainConfig:
     part_weights: str = _key("part encoder initialisation: imagenet (torchvision's file in the torch "
                              "cache), none, or a weight file", default="imagenet")
     hidden_dim: int = _key("hidden width of the projection", default=512)
+    regions: str = _key("face regions, one part encoder each: a set (" + ", ".join(REGION_SETS) + ") or "
+                        "comma-separated names from " + ", ".join(REGION_NAMES) + "; the extraction must "
+                        "hold them (face_parts_extractor.py --regions)", default="five")
     embedding_dim: int = _key("final embedding size", default=256)
     # --- data ---
     test_split: float = _key("share of families held out for evaluate.py (the rest after train and "
@@ -107,6 +111,10 @@ class TrainConfig:
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
         check(self.freeze_adaface, "freeze_adaface", "fine-tuning AdaFace is not supported: the global "
               "branch is frozen by design and its embeddings are cached")
+        try:
+            parse_regions(self.regions)
+        except ValueError as error:
+            raise ConfigError(f"regions={self.regions!r}: {error}") from None
         for key in ("adaface_arch", "part_backbone", "negative_strategy", "precision", "channels_last"):
             choices = self.field_metadata(key)["choices"]
             check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")
@@ -114,6 +122,10 @@ class TrainConfig:
     @classmethod
     def field_metadata(cls, key: str) -> dict:
         return next(f.metadata for f in fields(cls) if f.name == key)
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return parse_regions(self.regions)
 
     @property
     def adaface_checkpoint_path(self) -> str | None:

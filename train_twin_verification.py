@@ -29,7 +29,6 @@ import model_runner as runner
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
 from combined_model import TwinVerificationModel
-from cutout import PART_NAMES
 from train_config import RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
 from triplet_dataset import (DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset, TripletDataset, curriculum_stage,
                              draw_triplets, epoch_triplets, load_or_make_split, read_crop_rgb)
@@ -115,7 +114,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache,
     for batch in runner.progress_bar(batches, config.progress, f"epoch {epoch + 1}/{config.num_epochs}"):
         ready = time.perf_counter()
         size = len(batch["twin_negative"])
-        parts = runner.parts_to_device(torch.cat([batch[f"{r}_parts"] for r in ROLES]), device, channels_last)
+        parts = runner.parts_to_device(torch.cat([batch[f"{r}_parts"] for r in ROLES]), device, channels_last,
+                                       index.regions)
         global_embedding = torch.cat([batch[f"{r}_global"] for r in ROLES]).to(device, non_blocking=True)
         with runner.autocast(device, dtype):
             embedding = model(None, parts, global_embedding=global_embedding).embedding
@@ -157,11 +157,11 @@ def train_one_epoch(model, optimizer, scheduler, scaler, index, triplets, cache,
 
 
 def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
-    """A few anchors' five part crops as one image (rows: images, columns: parts)."""
+    """A few anchors' region crops as one image (rows: images, columns: regions)."""
     import torchvision
 
     shown = parts_uint8[:8]
-    grid = torchvision.utils.make_grid(shown.flatten(0, 1), nrow=len(PART_NAMES), padding=2)
+    grid = torchvision.utils.make_grid(shown.flatten(0, 1), nrow=parts_uint8.shape[1], padding=2)
     writer.add_image("train/part_crops", grid, step)
 
 
@@ -228,6 +228,8 @@ def roc_figure(scores: np.ndarray, kinds: np.ndarray, title: str):
 # ---- checkpoints ------------------------------------------------------------------------------
 
 def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> None:
+    # A key the saved config lacks was added later; the run used its default.
+    saved = {**TrainConfig().to_dict(), **saved}
     changed = sorted(k for k, v in config.to_dict().items() if k not in RUN_CONTROL_KEYS and saved.get(k) != v)
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {getattr(config, k)!r}" for k in changed)
@@ -251,7 +253,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
     distributed.barrier(context)
 
     index = FaceDataIndex.load(Path(config.face_parts_dataset_path), Path(config.tensor_dataset_path),
-                               Path(config.twin_pairs_path))
+                               Path(config.twin_pairs_path), config.region_names)
     if context.is_main:
         load_or_make_split(output / "split.json", index, config.train_split, config.test_split, config.seed)
     distributed.barrier(context)
