@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint twin_verification_training/checkpoints/best.pth
     python evaluate.py --checkpoint best.pth --jpg-dataset twins.json --twin-pairs pairs.json
+    python evaluate.py --checkpoint best.pth --by-trait twin_data/traits.json   # simulated twins
 
 Without a dataset, the run's saved split is used: the decision threshold is chosen on
 the validation identities, the numbers are measured on the test identities. With
@@ -13,7 +14,10 @@ a seeded sample of them (the report states how many exist and how many were scor
 Each image is embedded once, in batches; both models score the same pairs. Outputs in
 OUTPUT_DIR: report.json, pairs.csv (one row per scored pair), roc.png,
 score_histograms.png, and a table on stdout. The combined model's validation threshold
-is written back into the checkpoint (atomically) for inference.
+is written back into the checkpoint (atomically) for inference. With `--by-trait` (the
+simulator's traits.json), the twin EER of both models is also broken down by mark kind and by
+where the marks are (inside the five parts / only in added regions / outside all): by_trait.json
+and a second table (`trait_breakdown`).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import distributed
 import model_runner as runner
 import face_parts_extractor as extractor
 import verification_metrics as vm
+import trait_breakdown
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 from combined_model import TwinVerificationModel
@@ -170,8 +175,9 @@ def summary_table(report: dict[str, Any]) -> str:
 def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = None, twin_pairs: Path | None = None,
              adaface_checkpoint: str | None = None, threshold_rule: str = "eer", bootstrap: int = 1000,
              store_threshold: bool = True, device: str = "auto", workers: int = 2,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, by_trait: Path | None = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (also written to OUTPUT/report.json)."""
+    traits = trait_breakdown.load_traits(by_trait) if by_trait is not None else None
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     config = TrainConfig.from_dict(checkpoint["config"], str(checkpoint_path))
     config = replace(config, num_workers=workers, device=device, progress=progress)
@@ -184,16 +190,18 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         extracted = output / "extracted"
         summary = extractor.extract_dataset(
             extractor.load_jpg_dataset(jpg_dataset), jpg_dataset.resolve().parent, extracted,
-            extractor.ExtractionSettings(crop_size_px=checkpoint["part_crop_size"]), progress=progress,
+            extractor.ExtractionSettings(crop_size_px=checkpoint["part_crop_size"], regions=model.config.regions),
+            progress=progress,
             contact_sheet_images=0)
         if summary.failures:
             print(f"{len(summary.failures)} photos could not be used (see {extracted / extractor.FAILURES_REPORT})")
-        index = FaceDataIndex.load(extracted / extractor.PARTS_INDEX, extracted / extractor.TENSOR_INDEX, twin_pairs)
+        index = FaceDataIndex.load(extracted / extractor.PARTS_INDEX, extracted / extractor.TENSOR_INDEX, twin_pairs,
+                                   model.config.regions)
         split = {"val": [], "test": index.persons}
     else:
         run_dir = checkpoint_path.resolve().parent.parent
         index = FaceDataIndex.load(Path(config.face_parts_dataset_path), Path(config.tensor_dataset_path),
-                                   Path(config.twin_pairs_path))
+                                   Path(config.twin_pairs_path), model.config.regions)
         split = json.loads((run_dir / "split.json").read_text())
         if not split["test"]:
             raise DataIndexError(f"{run_dir / 'split.json'} has no test identities (trained with test_split 0); "
@@ -226,6 +234,14 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             "label": labels[name], "threshold": threshold, "test": metrics,
             "bootstrap": bootstrap_intervals(test["scores"][name], test["pairs"], family_a, family_b, bootstrap,
                                              config.seed) if bootstrap else None}
+    if traits is not None:
+        persons_a = [index.images[test["numbers"][i]].person for i in test["pairs"].first]
+        persons_b = [index.images[test["numbers"][i]].person for i in test["pairs"].second]
+        twin_of = {p: t for p, t in index.twin_of.items() if p in set(split["test"])}
+        report["by_trait"] = {name: trait_breakdown.twin_eer_by_trait(test["scores"][name], test["pairs"].kind,
+                                                                     persons_a, persons_b, twin_of, traits)
+                              for name in MODELS}
+        write_json_atomic(output / "by_trait.json", {"traits": str(by_trait), **report["by_trait"]})
     write_json_atomic(output / "report.json", report)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -255,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--by-trait", type=Path, metavar="TRAITS_JSON",
+                        help="the simulator's traits.json: also break the twin EER down by mark kind and region")
     args = parser.parse_args(argv)
     output = args.output_dir or args.checkpoint.resolve().parent.parent / "evaluation"
     try:
         report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
                           args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
-                          args.workers, not args.no_progress)
+                          args.workers, not args.no_progress, args.by_trait)
     except (FileNotFoundError, DataIndexError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
@@ -269,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['pairs']['general']} general impostor (of {report['general_impostor_pairs_existing']}); "
           f"threshold {report['threshold_source']}")
     print(summary_table(report))
+    if "by_trait" in report:
+        print(trait_breakdown.table(report["by_trait"]))
     print(f"report, pairs.csv and plots in {output}")
     return 0
 

@@ -65,7 +65,8 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(copy_photos, l
 
 def test_pairs_formats_and_skipped_person(copy_photos, landmarker_model, detector, tmp_path, capsys):
     photos = copy_photos(SMALL)
-    summary = build(photos, tmp_path / "out", landmarker_model, images_per_identity=3)
+    summary = build(photos, tmp_path / "out", landmarker_model, images_per_identity=3,
+                    settings=twins.PRESETS["legacy"])
     assert "skipped person messi" in capsys.readouterr().out
     assert summary.skipped_people == ("messi",) and summary.skipped_photos == ("messi/messi5.jpg",)
     assert (summary.people, summary.pairs, summary.identities, summary.images) == (3, 2, 4, 12)
