@@ -182,6 +182,8 @@ def sample_mark(rng: np.random.Generator, kinds: tuple[str, ...], skin_px: np.nd
         anchor, barycentric = anchor_of(skin_px[rng.integers(len(skin_px))], landmarks_px)
     else:
         side = ("left", "right")[int(rng.integers(2))]
+        if kind in WARP_CENTRES:  # nose, lips and chin are in the middle of the face
+            side = None
     sign = float(rng.choice([-1, 1]))
     # Ranges reach down to barely visible: the lower ends are at the edge of what a 64-px crop shows.
     size, strength = {
