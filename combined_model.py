@@ -1,4 +1,4 @@
-"""The twin verification model: frozen AdaFace (global) + five part encoders (local).
+"""The twin verification model: frozen AdaFace (global) + one part encoder per face region (local).
 
     global 512 (AdaFace IR, frozen, unit length)  ┐
     local R × 128 (one encoder per region)        ┴→ 512 + R·128 → 512 → 256, L2-normalised
