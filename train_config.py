@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     for item in fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         default = item.default if item.default is not MISSING else None
-        kwargs = {"help": item.metadata["help"], "default": None, "dest": item.name}
+        kwargs = {"help": item.metadata["help"].replace("%", "%%"), "default": None, "dest": item.name}  # argparse formats help
         if "choices" in item.metadata:
             kwargs["choices"] = item.metadata["choices"]
         if item.type == "bool":
