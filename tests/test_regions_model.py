@@ -15,7 +15,7 @@ import trait_breakdown
 import verification_pairs as vp
 from combined_model import TwinVerificationModel
 from conftest import tiny_train_config
-from train_config import ConfigError, TrainConfig
+from train_config import ConfigError, TrainConfig, build_parser
 from train_twin_verification import run_training
 from triplet_dataset import DataIndexError, FaceDataIndex
 
@@ -66,6 +66,7 @@ def test_a_checkpoint_from_before_regions_loads_as_the_five_parts(tmp_path):
 
 def test_config_checks_regions_and_the_index_needs_them(synthetic_data):
     assert TrainConfig(regions="extended").region_names == EXTENDED
+    assert "--regions" in build_parser().format_help()  # every help text formats (a % among them)
     with pytest.raises(ConfigError, match="regions"):
         TrainConfig(regions="nose,ear")
     with pytest.raises(DataIndexError, match="lacks regions.*--regions"):
