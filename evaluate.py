@@ -2,6 +2,7 @@
 
     python evaluate.py --checkpoint twin_verification_training/checkpoints/best.pth
     python evaluate.py --checkpoint best.pth --jpg-dataset twins.json --twin-pairs pairs.json
+    python evaluate.py --checkpoint best.pth --by-trait twin_data/traits.json   # simulated twins
 
 Without a dataset, the run's saved split is used: the decision threshold is chosen on
 the validation identities (by default the one that accepts at most `--target-twin-far` of
@@ -15,7 +16,10 @@ a seeded sample of them (the report states how many exist and how many were scor
 Each image is embedded once, in batches; both models score the same pairs. Outputs in
 OUTPUT_DIR: report.json, pairs.csv (one row per scored pair), roc.png,
 score_histograms.png, and a table on stdout. The combined model's validation threshold
-is written back into the checkpoint (atomically) for inference.
+is written back into the checkpoint (atomically) for inference. With `--by-trait` (the
+simulator's traits.json), the twin EER of both models is also broken down by mark kind and by
+where the marks are (inside the five parts / only in added regions / outside all): by_trait.json
+and a second table (`trait_breakdown`).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import distributed
 import model_runner as runner
 import face_parts_extractor as extractor
 import verification_metrics as vm
+import trait_breakdown
 import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 from cli_errors import ExpectedError, cli_main
@@ -207,11 +212,14 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
              adaface_checkpoint: str | None = None, threshold_rule: str = TWIN_FAR_RULE, bootstrap: int = 1000,
              store_threshold: bool = True, device: str = "auto", workers: int = 2,
              progress: bool = True, target_twin_far: float | None = None,
-             trust_checkpoint: bool = False, parts_only: bool = False) -> dict[str, Any]:
+             trust_checkpoint: bool = False, parts_only: bool = False,
+             by_trait: Path | None = None) -> dict[str, Any]:
     """Run the whole evaluation; returns the report (also written to OUTPUT/report.json).
 
     `target_twin_far` (for the `twin_far` rule) defaults to the one training used. `parts_only`
-    scores the twin model with its global input zeroed (and never stores a threshold)."""
+    scores the twin model with its global input zeroed (and never stores a threshold).
+    `by_trait`: a simulator's traits.json, to break the twin EER down by kind of mark."""
+    traits = trait_breakdown.load_traits(by_trait) if by_trait is not None else None
     context = distributed.Context(device=distributed.resolve_device(device, 0))
     checkpoint = read_checkpoint(checkpoint_path)
     missing = [k for k in ("config", "part_crop_size") if k not in checkpoint]
@@ -236,16 +244,18 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         extracted = output / "extracted"
         summary = extractor.extract_dataset(
             extractor.load_jpg_dataset(jpg_dataset), jpg_dataset.resolve().parent, extracted,
-            extractor.ExtractionSettings(crop_size_px=checkpoint["part_crop_size"]), progress=progress,
+            extractor.ExtractionSettings(crop_size_px=checkpoint["part_crop_size"], regions=model.config.regions),
+            progress=progress,
             contact_sheet_images=0)
         if summary.failures:
             print(f"{len(summary.failures)} photos could not be used (see {extracted / extractor.FAILURES_REPORT})")
-        index = FaceDataIndex.load(extracted / extractor.PARTS_INDEX, extracted / extractor.TENSOR_INDEX, twin_pairs)
+        index = FaceDataIndex.load(extracted / extractor.PARTS_INDEX, extracted / extractor.TENSOR_INDEX, twin_pairs,
+                                   model.config.regions)
         split = {"val": [], "test": index.persons}
     else:
         run_dir = checkpoint_path.resolve().parent.parent
         index = FaceDataIndex.load(Path(config.face_parts_dataset_path), Path(config.tensor_dataset_path),
-                                   Path(config.twin_pairs_path))
+                                   Path(config.twin_pairs_path), model.config.regions)
         split = load_split(run_dir / "split.json", index)
         if not split["test"]:
             raise DataIndexError(f"{run_dir / 'split.json'} has no test identities (trained with test_split 0); "
@@ -286,6 +296,16 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             "label": labels[name], "threshold": threshold, "threshold_rule": rule, "test": metrics,
             "bootstrap": bootstrap_intervals(test["scores"][name], test["pairs"], family_a, family_b, bootstrap,
                                              config.seed) if bootstrap else None}
+    if traits is not None:
+        persons_a = [index.images[test["numbers"][i]].person for i in test["pairs"].first]
+        persons_b = [index.images[test["numbers"][i]].person for i in test["pairs"].second]
+        # The simulator makes twin pairs; a larger sibling group has no single pair of marks.
+        tested = set(split["test"])
+        twin_of = {p: siblings[0] for p, siblings in index.siblings_of.items() if p in tested and len(siblings) == 1}
+        report["by_trait"] = {name: trait_breakdown.twin_eer_by_trait(test["scores"][name], test["pairs"].kind,
+                                                                     persons_a, persons_b, twin_of, traits)
+                              for name in MODELS}
+        write_json_atomic(output / "by_trait.json", {"traits": str(by_trait), **report["by_trait"]})
     write_json_atomic(output / "report.json", report)
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -328,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes (default: 2)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--by-trait", type=Path, metavar="TRAITS_JSON",
+                        help="the simulator's traits.json: also break the twin EER down by mark kind and region")
     args = parser.parse_args(argv)
     output = args.output_dir or args.checkpoint.resolve().parent.parent / "evaluation"
     if args.bootstrap < 0 or args.workers < 0:
@@ -335,12 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     report = evaluate(args.checkpoint, output, args.jpg_dataset, args.twin_pairs, args.adaface_checkpoint,
                       args.threshold_rule, args.bootstrap, not args.no_store_threshold, args.device,
                       args.workers, not args.no_progress, args.target_twin_far, args.trust_checkpoint,
-                      args.parts_only)
+                      args.parts_only, args.by_trait)
     print(f"{report['test_identities']} test identities, {report['test_images']} images; pairs: "
           f"{report['pairs']['genuine']} genuine, {report['pairs']['twin']} twin impostor, "
           f"{report['pairs']['general']} general impostor (of {report['general_impostor_pairs_existing']}); "
           f"threshold {report['threshold_source']}")
     print(summary_table(report))
+    if "by_trait" in report:
+        print(trait_breakdown.table(report["by_trait"]))
     print(f"report, pairs.csv and plots in {output}")
     return 0
 

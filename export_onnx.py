@@ -4,10 +4,12 @@
 
     twin_global.onnx  face B×3×112×112 (BGR, (x/255−0.5)/0.5: `net.adaface_input_tensor`)
                       → feature B×G (unit length), norm B×1 (its L2 norm before normalising)
-    twin_local.onnx   left_eye, right_eye, nose, mouth, chin B×3×S×S (RGB, ImageNet mean/std:
-                      `face_parts_model.part_encoder_input`) + global_embedding B×G (`feature`)
+    twin_local.onnx   one input per face region the checkpoint records, named after it (the five
+                      parts left_eye, right_eye, nose, mouth, chin by default), B×3×S×S (RGB,
+                      ImageNet mean/std: `face_parts_model.part_encoder_input`)
+                      + global_embedding B×G (`feature`)
                       → embedding B×D (unit length; cosine similarity ≥ threshold: same person)
-    twin_onnx.json    crop size, threshold, global model and the input contracts
+    twin_onnx.json    crop size, regions, threshold, global model and the input contracts
 
 Two graphs because the global branch is frozen: a deployment can run it once per photo
 and reuse its feature, as training does. The batch dimension is dynamic. When the global
@@ -41,14 +43,13 @@ from torch import nn
 from atomic_files import write_bytes_atomic, write_json_atomic
 from cli_errors import ExpectedError, cli_main
 from combined_model import TwinVerificationModel
-from cutout import PART_NAMES
 from face_parts_model import part_encoder_input
 from global_branch import ADAFACE_INPUT, InputConvention, OnnxRecogniser
 from net import ADAFACE_INPUT_SIZE
 
 GLOBAL_GRAPH, LOCAL_GRAPH, METADATA_FILE = "twin_global.onnx", "twin_local.onnx", "twin_onnx.json"
 GLOBAL_INPUTS, GLOBAL_OUTPUTS = ("face",), ("feature", "norm")
-LOCAL_INPUTS, LOCAL_OUTPUTS = (*PART_NAMES, "global_embedding"), ("embedding",)
+LOCAL_OUTPUTS = ("embedding",)
 DEFAULT_TOLERANCE = 1e-4
 CHECK_BATCH_SIZES = (1, 3)
 EXAMPLE_BATCH = 2  # torch.export specialises a dimension whose example size is 0 or 1
@@ -69,24 +70,34 @@ class GlobalBranch(nn.Module):
         return self.adaface(face)
 
 
+def local_inputs(model: TwinVerificationModel) -> tuple[str, ...]:
+    """The local graph's input names: the model's regions in order, then `global_embedding`."""
+    return (*model.config.regions, "global_embedding")
+
+
 class LocalBranch(nn.Module):
-    """Part encoders + projection: five normalised part tensors and AdaFace's feature → embedding."""
+    """Part encoders + projection: one normalised tensor per region and AdaFace's feature → embedding.
+
+    Inputs are positional, in `local_inputs(model)` order, so one graph fits any region list.
+    """
 
     def __init__(self, model: TwinVerificationModel):
         super().__init__()
         self.model = model
+        self.regions = model.config.regions
 
-    def forward(self, left_eye: torch.Tensor, right_eye: torch.Tensor, nose: torch.Tensor, mouth: torch.Tensor,
-                chin: torch.Tensor, global_embedding: torch.Tensor) -> torch.Tensor:
-        parts = dict(left_eye=left_eye, right_eye=right_eye, nose=nose, mouth=mouth, chin=chin)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        *crops, global_embedding = inputs
+        parts = dict(zip(self.regions, crops))
         return self.model(None, parts, global_embedding=global_embedding).embedding
 
 
-def random_inputs(batch: int, crop_size: int, generator: torch.Generator, global_dim: int) -> dict[str, torch.Tensor]:
+def random_inputs(batch: int, crop_size: int, generator: torch.Generator, global_dim: int,
+                  regions: Sequence[str]) -> dict[str, torch.Tensor]:
     """Inputs of both graphs under their contracts: face in [−1, 1], parts from random uint8 crops,
     a unit-length global embedding."""
     inputs = {"face": torch.rand(batch, 3, ADAFACE_INPUT_SIZE, ADAFACE_INPUT_SIZE, generator=generator) * 2 - 1}
-    for part in PART_NAMES:
+    for part in regions:
         crops = torch.randint(0, 256, (batch, 3, crop_size, crop_size), generator=generator, dtype=torch.uint8)
         inputs[part] = part_encoder_input(crops)
     inputs["global_embedding"] = nn.functional.normalize(
@@ -95,13 +106,15 @@ def random_inputs(batch: int, crop_size: int, generator: torch.Generator, global
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], input_names: Sequence[str],
-            output_names: Sequence[str], path: Path, opset: int | None) -> None:
+            output_names: Sequence[str], path: Path, opset: int | None, variadic: bool = False) -> None:
+    """`variadic`: the module's forward takes `*inputs` (torch.export wants their shapes as one group)."""
     batch = torch.export.Dim("batch")
+    shapes = tuple({0: batch} for _ in args)
     with warnings.catch_warnings():
         # Every input shares the one batch dimension, about which the exporter warns once per input.
         warnings.filterwarnings("ignore", message="# The axis name")
         program = torch.onnx.export(module, args, input_names=list(input_names), output_names=list(output_names),
-                                    dynamic_shapes=tuple({0: batch} for _ in args), opset_version=opset,
+                                    dynamic_shapes=(shapes,) if variadic else shapes, opset_version=opset,
                                     dynamo=True, verbose=False)
     # Serialised in memory (weights inside: the models are well under protobuf's 2 GB) and
     # written to a temporary name beside `path`, then renamed: never half a graph on disk.
@@ -169,7 +182,8 @@ def export_onnx(model: TwinVerificationModel, crop_size: int, output_dir: str | 
     """Write the global and local graphs of a CPU model (put in eval mode) to `output_dir`;
     returns `{"global": path, "local": path}`. `opset` None: the exporter's default."""
     output_dir = Path(output_dir)
-    example = random_inputs(EXAMPLE_BATCH, crop_size, torch.Generator().manual_seed(0), model.global_dim)
+    example = random_inputs(EXAMPLE_BATCH, crop_size, torch.Generator().manual_seed(0), model.global_dim,
+                            model.config.regions)
     paths = {"global": output_dir / GLOBAL_GRAPH, "local": output_dir / LOCAL_GRAPH}
     if isinstance(model.adaface, OnnxRecogniser):  # already a graph: put the input contract around it
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -177,8 +191,9 @@ def export_onnx(model: TwinVerificationModel, crop_size: int, output_dir: str | 
     else:
         _export(GlobalBranch(model).eval(), tuple(example[k] for k in GLOBAL_INPUTS), GLOBAL_INPUTS, GLOBAL_OUTPUTS,
                 paths["global"], opset)
-    _export(LocalBranch(model).eval(), tuple(example[k] for k in LOCAL_INPUTS), LOCAL_INPUTS, LOCAL_OUTPUTS,
-            paths["local"], opset)
+    names = local_inputs(model)
+    _export(LocalBranch(model).eval(), tuple(example[k] for k in names), names, LOCAL_OUTPUTS, paths["local"], opset,
+            variadic=True)
     return paths
 
 
@@ -206,16 +221,17 @@ def check_onnx(model: TwinVerificationModel, paths: dict[str, Path], crop_size: 
                 for name, path in paths.items()}
     generator = torch.Generator().manual_seed(seed)
     worst = dict.fromkeys(("feature", "norm_relative", "embedding", "end_to_end"), 0.0)
+    names = local_inputs(model)
     for batch in batch_sizes:
-        inputs = random_inputs(batch, crop_size, generator, model.global_dim)
+        inputs = random_inputs(batch, crop_size, generator, model.global_dim, model.config.regions)
         feeds = {name: tensor.numpy() for name, tensor in inputs.items()}
         feature, norm = sessions["global"].run(list(GLOBAL_OUTPUTS), {k: feeds[k] for k in GLOBAL_INPUTS})
-        embedding, = sessions["local"].run(list(LOCAL_OUTPUTS), {k: feeds[k] for k in LOCAL_INPUTS})
+        embedding, = sessions["local"].run(list(LOCAL_OUTPUTS), {k: feeds[k] for k in names})
         feeds["global_embedding"] = feature
-        chained, = sessions["local"].run(list(LOCAL_OUTPUTS), {k: feeds[k] for k in LOCAL_INPUTS})
+        chained, = sessions["local"].run(list(LOCAL_OUTPUTS), {k: feeds[k] for k in names})
 
         torch_feature, torch_norm = model.adaface(inputs["face"])
-        parts = {part: inputs[part] for part in PART_NAMES}
+        parts = {part: inputs[part] for part in model.config.regions}
         differences = {
             "feature": _max_difference(feature, torch_feature),
             "norm_relative": _max_difference(norm, torch_norm) / float(torch_norm.abs().min()),
@@ -263,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_json_atomic(args.output_dir / METADATA_FILE, {
         "global_graph": GLOBAL_GRAPH, "local_graph": LOCAL_GRAPH, "part_crop_size": crop_size,
+        "regions": list(model.config.regions),
         "threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
         "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
         "global_embedding_dim": model.global_dim, "embedding_dim": model.config.embedding_dim,

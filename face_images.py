@@ -191,10 +191,11 @@ class FaceLandmarkDetector:
         self.close()
 
 
-def face_inputs(rgb: np.ndarray, landmarks_px: np.ndarray, crop_size_px: int = 224) -> FaceInputs:
-    """Cut the five parts (RGB) and the aligned face (BGR) from one detection."""
+def face_inputs(rgb: np.ndarray, landmarks_px: np.ndarray, crop_size_px: int = 224,
+                regions: tuple[str, ...] = cutout.PART_NAMES) -> FaceInputs:
+    """Cut the region crops (RGB; default: the five parts) and the aligned face (BGR) from one detection."""
     points = np.asarray(landmarks_px, dtype=np.float64)
-    parts = cutout.cut_parts(rgb, points, crop_size_px)
+    parts = cutout.cut_parts(rgb, points, crop_size_px, regions)
     aligned_bgr = np.ascontiguousarray(cutout.align_face(rgb, points)[:, :, ::-1])
     return FaceInputs(parts_rgb=parts, aligned_bgr=aligned_bgr,
                       landmarks_px=np.asarray(landmarks_px, dtype=np.float32))

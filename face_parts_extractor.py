@@ -1,13 +1,16 @@
-"""Extract the five face parts, the aligned AdaFace input and the landmarks of every photo.
+"""Extract the face regions, the aligned AdaFace input and the landmarks of every photo.
 
     python face_parts_extractor.py --jpg-dataset jpg_dataset.json --output-dir extracted_face_parts
+    python face_parts_extractor.py ... --regions extended     # the five + forehead and cheeks
 
 Each photo is decoded once and searched for landmarks once; all outputs come from that
 one detection (the largest face when there are several). Per photo, the folder
 `OUTPUT_DIR/<person>/<image key>/` holds
 
-    left_eye.bmp right_eye.bmp nose.bmp mouth.bmp chin.bmp   part crops (lossless; .png with
-    aligned_face.bmp                                          --image-format png); 112×112 aligned face
+    left_eye.bmp right_eye.bmp nose.bmp mouth.bmp chin.bmp   region crops (lossless; .png with
+                                                              --image-format png), one per region of
+                                                              --regions (default: these five parts)
+    aligned_face.bmp                                          112×112 aligned face
     adaface_input.pt                                          float 3×112×112, BGR, (x/255−0.5)/0.5
     landmarks.npy                                             float32 (478, 3), x/y in pixels
 
@@ -20,7 +23,8 @@ never leaves a folder that looks finished; a rerun skips finished folders. Index
     failures.csv              path, person, reason (one line per photo that failed)
     warnings.csv              path, person, faces, warning (photos with several faces: the
                               largest was used)
-    contact_sheet_NN.png      aligned face + five parts per row, for a visual check
+    contact_sheet_NN.png      per row: aligned face with the region squares drawn, then every
+                              region crop, for a visual check
 
 Exit status: 0 when every photo succeeded, 3 when some failed (listed in failures.csv),
 1 on a fatal error (bad dataset file, missing landmarker model, full disk), 2 on bad
@@ -89,6 +93,7 @@ class ExtractionSettings:
     crop_size_px: int = 224
     image_format: str = "bmp"
     max_pixels: int = DEFAULT_MAX_PIXELS  # larger photos fail (listed) without being decoded
+    regions: tuple[str, ...] = cutout.PART_NAMES
 
     @property
     def suffix(self) -> str:
@@ -213,7 +218,7 @@ def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, faces_found
               settings: ExtractionSettings) -> str | None:
     """Cut and write one face's outputs as a finished folder; None, or why that failed."""
     try:
-        face = face_inputs(rgb, landmarks, settings.crop_size_px)
+        face = face_inputs(rgb, landmarks, settings.crop_size_px, settings.regions)
     except ValueError as error:  # degenerate landmark geometry
         return f"unusable landmarks ({error})"
     try:
@@ -300,27 +305,50 @@ def relative_to(path: Path, folder: Path) -> str:
     return os.path.relpath(path, folder)
 
 
-def build_indexes(jobs: list[ImageJob], output_dir: Path, suffix: str) -> tuple[dict, dict]:
+def build_indexes(jobs: list[ImageJob], output_dir: Path, suffix: str,
+                  regions: tuple[str, ...] = cutout.PART_NAMES) -> tuple[dict, dict]:
     """Index every finished per-image folder, in dataset order."""
     parts_index: dict[str, dict[str, dict[str, str]]] = {}
     tensor_index: dict[str, list[str]] = {}
     for job in jobs:
         if not job.output.is_dir():
             continue
-        parts = {part: relative_to(job.output / f"{part}{suffix}", output_dir) for part in cutout.PART_NAMES}
+        parts = {part: relative_to(job.output / f"{part}{suffix}", output_dir) for part in regions}
         parts_index.setdefault(job.person_id, {})[job.output.name] = parts
         tensor_index.setdefault(job.person_id, []).append(
             relative_to(job.output / ADAFACE_INPUT_FILE, output_dir))
     return parts_index, tensor_index
 
 
-def contact_sheet_rows(folders: list[Path], suffix: str, thumb_px: int = CONTACT_THUMB_PX) -> list[np.ndarray]:
-    """One BGR row per finished folder: the aligned face then the five parts."""
+def aligned_face_with_regions(aligned_bgr: np.ndarray, landmarks_px: np.ndarray, regions: tuple[str, ...],
+                              size_px: int) -> np.ndarray:
+    """The aligned face at `size_px`² with the region squares drawn where they lie on it.
+
+    The squares were cut from the photo; the alignment maps them onto the aligned face.
+    """
+    scale = size_px / cutout.ALIGNED_FACE_SIZE
+    matrix = cutout.alignment_matrix(landmarks_px) * scale
+    squares = {name: corners @ matrix[:, :2].T + matrix[:, 2]
+               for name, corners in cutout.part_squares(landmarks_px, regions).items()}
+    face = cv2.resize(aligned_bgr, (size_px, size_px), interpolation=cv2.INTER_CUBIC)
+    colours_bgr = {name: cutout.REGION_COLOURS[name][::-1] for name in regions}
+    drawn = face.copy()
+    for name, corners in squares.items():
+        cv2.polylines(drawn, [np.round(corners * 16).astype(np.int32)], True, colours_bgr[name], 1, cv2.LINE_AA,
+                      shift=4)
+    return drawn
+
+
+def contact_sheet_rows(folders: list[Path], suffix: str, regions: tuple[str, ...] = cutout.PART_NAMES,
+                       thumb_px: int = CONTACT_THUMB_PX) -> list[np.ndarray]:
+    """One BGR row per finished folder: the aligned face with the regions drawn, then every region crop."""
     rows = []
     for folder in folders:
-        names = [ALIGNED_FACE_NAME, *cutout.PART_NAMES]
-        tiles = [cv2.imread(str(folder / f"{name}{suffix}")) for name in names]
-        tiles = [cv2.resize(tile, (thumb_px, thumb_px), interpolation=cv2.INTER_AREA) for tile in tiles]
+        aligned = cv2.imread(str(folder / f"{ALIGNED_FACE_NAME}{suffix}"))
+        landmarks = np.load(folder / LANDMARKS_FILE).astype(np.float64)
+        tiles = [aligned_face_with_regions(aligned, landmarks, regions, thumb_px)]
+        tiles += [cv2.resize(cv2.imread(str(folder / f"{name}{suffix}")), (thumb_px, thumb_px),
+                             interpolation=cv2.INTER_AREA) for name in regions]
         row = np.hstack(tiles)
         label = f"{folder.parent.name}/{folder.name}"[:48]
         cv2.putText(row, label, (3, thumb_px - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (0, 0, 0), 2, cv2.LINE_AA)
@@ -329,11 +357,12 @@ def contact_sheet_rows(folders: list[Path], suffix: str, thumb_px: int = CONTACT
     return rows
 
 
-def write_contact_sheets(jobs: list[ImageJob], output_dir: Path, suffix: str, max_images: int) -> list[Path]:
+def write_contact_sheets(jobs: list[ImageJob], output_dir: Path, suffix: str, max_images: int,
+                         regions: tuple[str, ...] = cutout.PART_NAMES) -> list[Path]:
     for old in output_dir.glob("contact_sheet_*.png"):
         old.unlink()
     folders = [job.output for job in jobs if job.output.is_dir()][:max_images]
-    rows = contact_sheet_rows(folders, suffix)
+    rows = contact_sheet_rows(folders, suffix, regions)
     pages = []
     for start in range(0, len(rows), CONTACT_ROWS_PER_PAGE):
         page = output_dir / f"contact_sheet_{start // CONTACT_ROWS_PER_PAGE + 1:02d}.png"
@@ -384,6 +413,7 @@ def check_settings(output_dir: Path, settings: dict) -> None:
         if not isinstance(previous, dict):
             raise DatasetFileError(f"{path}: expected a JSON object of extraction settings; extract into a new "
                                    "--output-dir")
+        previous.setdefault("regions", list(cutout.PART_NAMES))  # written before regions were a setting
         if previous != settings:
             changed = sorted(k for k in settings if previous.get(k) != settings[k])
             raise DatasetFileError(
@@ -407,7 +437,7 @@ def extract_dataset(dataset: dict[str, list[str]], dataset_dir: Path, output_dir
                                    "or `python fetch_models.py landmarker` to fetch and verify it.")
     output_dir.mkdir(parents=True, exist_ok=True)
     check_settings(output_dir, {"format_version": FORMAT_VERSION, "crop_size": settings.crop_size_px,
-                                "image_format": settings.image_format,
+                                "image_format": settings.image_format, "regions": list(settings.regions),
                                 "landmarker_sha256": sha256_of_file(landmarker_model)})
     jobs = plan_jobs(dataset, Path(dataset_dir).resolve(), output_dir.resolve())
     for person_dir in {job.output.parent for job in jobs}:
@@ -420,21 +450,21 @@ def extract_dataset(dataset: dict[str, list[str]], dataset_dir: Path, output_dir
                 failures.append((str(job.source), job.person_id, reason))
     finally:
         # Runs after an interrupt too: whatever finished is indexed and kept.
-        parts_index, tensor_index = build_indexes(jobs, output_dir.resolve(), settings.suffix)
+        parts_index, tensor_index = build_indexes(jobs, output_dir.resolve(), settings.suffix, settings.regions)
         write_json_atomic(output_dir / PARTS_INDEX, parts_index)
         write_json_atomic(output_dir / TENSOR_INDEX, tensor_index)
         write_failures(output_dir / FAILURES_REPORT, failures)
         warnings = several_faces(jobs)
         write_warnings(output_dir / WARNINGS_REPORT, warnings)
     if contact_sheet_images > 0:
-        write_contact_sheets(jobs, output_dir.resolve(), settings.suffix, contact_sheet_images)
+        write_contact_sheets(jobs, output_dir.resolve(), settings.suffix, contact_sheet_images, settings.regions)
     return ExtractionSummary(total=len(jobs), done_before=len(jobs) - len(todo),
                              extracted=len(todo) - len(failures), failures=failures, warnings=warnings)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Cut the five face parts and the aligned AdaFace input out of every photo "
+        description="Cut the face regions (default: the five parts) and the aligned AdaFace input out of every photo "
                     "of a {person_id: [image paths]} dataset. Resumable: rerun to continue.",
         epilog="Exit status: 0 all photos extracted; 3 some failed (see failures.csv); "
                "1 fatal error; 2 bad arguments.")
@@ -447,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where crops and index files go (default: %(default)s)")
     parser.add_argument("--crop-size", type=int, default=224, help="side of each part crop in pixels "
                         "(default: %(default)s)")
+    parser.add_argument("--regions", default="five",
+                        help="face regions to cut: a set (" + ", ".join(f"{k}: {len(v)}" for k, v in
+                                                              cutout.REGION_SETS.items()) +
+                        ") or comma-separated names from " + ", ".join(cutout.REGION_NAMES) +
+                        " (default: %(default)s, the original five parts)")
     parser.add_argument("--image-format", choices=sorted(IMAGE_FORMATS), default="bmp",
                         help="lossless format of the crops: bmp is fastest to write and to load in "
                              "training, png takes about a third of the disk (default: %(default)s)")
@@ -470,11 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_pixels < 1:
         build_parser().error("--max-pixels must be at least 1")
     try:
+        regions = cutout.parse_regions(args.regions)
+    except ValueError as error:
+        build_parser().error(f"--regions: {error}")
+    try:
         if args.image_folder is not None:
             dataset, dataset_dir = dataset_from_folders(args.image_folder), args.image_folder
         else:
             dataset, dataset_dir = load_jpg_dataset(args.jpg_dataset), args.jpg_dataset.resolve().parent
-        settings = ExtractionSettings(args.crop_size, args.image_format, args.max_pixels)
+        settings = ExtractionSettings(args.crop_size, args.image_format, args.max_pixels, regions)
         summary = extract_dataset(dataset, dataset_dir, args.output_dir, settings, max(1, args.workers),
                                   args.landmarker_model, args.contact_sheet, not args.no_progress)
     except KeyboardInterrupt:

@@ -1,4 +1,5 @@
-"""Part encoders: one CNN per face part (five ResNet50 by default), each giving a 128-D embedding.
+"""Part encoders: one CNN per face region (the five parts with ResNet50 by default), each giving a 128-D
+embedding. The region list (`cutout.REGION_LANDMARK_PAIRS` names) is part of the model's config.
 
 Input contract (see `part_encoder_input`): **RGB** crops, `float` in `[0, 1]` after
 division by 255, normalised with the ImageNet mean and std, channels first. That is
@@ -15,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cutout import PART_NAMES
+from cutout import PART_NAMES, parse_regions
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -160,25 +161,26 @@ class PartEncoder(nn.Module):
 
 
 class FacePartsModel(nn.Module):
-    """Five separate part encoders; output is the concatenation in `PART_NAMES` order."""
+    """One part encoder per region; output is the concatenation in `regions` order."""
 
     def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none",
-                 head: str = "spatial"):
+                 head: str = "spatial", regions: tuple[str, ...] = PART_NAMES):
         super().__init__()
         self.embedding_dim = embedding_dim
+        self.regions = parse_regions(regions)
         self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights, head)
-                                       for part in PART_NAMES})
+                                       for part in self.regions})
 
     @property
     def output_dim(self) -> int:
-        return self.embedding_dim * len(PART_NAMES)
+        return self.embedding_dim * len(self.regions)
 
     def forward(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """`parts`: part name → `B×3×S×S` from `part_encoder_input`. Returns `B×(5·D)`;
-        each part's embedding is L2-normalised so no part outweighs another by scale."""
-        missing = [part for part in PART_NAMES if part not in parts]
+        """`parts`: region name → `B×3×S×S` from `part_encoder_input`. Returns `B×(R·D)`;
+        each region's embedding is L2-normalised so no region outweighs another by scale."""
+        missing = [part for part in self.regions if part not in parts]
         if missing:
-            raise KeyError(f"face parts missing from the input: {missing}; expected {list(PART_NAMES)}")
+            raise KeyError(f"face regions missing from the input: {missing}; expected {list(self.regions)}")
         embeddings = [nn.functional.normalize(self.encoders[part](parts[part]), dim=1)
-                      for part in PART_NAMES]
+                      for part in self.regions]
         return torch.cat(embeddings, dim=1)

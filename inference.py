@@ -4,7 +4,8 @@
     python inference.py --embed PHOTOS_DIR -o embeddings.npz --checkpoint best.pth
 
 A photo goes through the same steps as in extraction and training (`face_images`): decode
-(EXIF applied) → landmarks of the largest face → five RGB part crops at the checkpoint's
+(EXIF applied) → landmarks of the largest face → RGB crops of the regions the checkpoint records
+(the five parts for older checkpoints) at its
 `part_crop_size` + the aligned BGR face → unit-length embedding. Two photos show the same
 person when the cosine similarity of their embeddings is at least the threshold stored in
 the checkpoint. Exit status: 0 on a decision (or every photo embedded), 1 on bad input
@@ -33,7 +34,6 @@ import torch
 from atomic_files import write_bytes_atomic
 from cli_errors import EXIT_OK, EXIT_SOME_FAILED, ExpectedError, cli_main
 from combined_model import CheckpointMismatchError, TwinVerificationModel, read_checkpoint
-from cutout import PART_NAMES
 from distributed import resolve_device
 from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, FaceInputs,
                          FaceLandmarkDetector, ImageDecodeError, NoFaceError, face_inputs, read_image)
@@ -157,7 +157,7 @@ class TwinVerifier:
             rgb, name = read_image(image, self.max_pixels), str(image)
         landmarks = self.detector.detect_largest(rgb, name)
         try:
-            return face_inputs(rgb, landmarks, self.part_crop_size)
+            return face_inputs(rgb, landmarks, self.part_crop_size, self.model.config.regions)
         except ValueError as error:  # degenerate landmark geometry
             raise NoFaceError(f"{name}: no usable face ({error})") from None
 
@@ -167,7 +167,7 @@ class TwinVerifier:
         face_tensor = adaface_input_tensor(np.stack([f.aligned_bgr for f in faces])).to(self.device)
         parts = {part: part_encoder_input(torch.from_numpy(np.stack([f.parts_rgb[part] for f in faces]))
                                           .to(self.device).movedim(-1, -3))
-                 for part in PART_NAMES}
+                 for part in self.model.config.regions}
         embeddings = self.model(face_tensor, parts).embedding.float().cpu().numpy()
         if not np.isfinite(embeddings).all():
             raise NonFiniteEmbeddingError(f"{self.source}: the model gives NaN or infinite embeddings; its weights "

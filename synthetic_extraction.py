@@ -18,9 +18,9 @@ from face_images import FaceInputs
 
 
 def write_synthetic_extraction(folder: Path, families: int = 4, images_per_person: int = 4, crop: int = 32,
-                               seed: int = 0) -> dict[str, Path]:
-    """Write `families` twin pairs plus one person without a twin into `folder`; returns the
-    three dataset paths keyed like the training config."""
+                               seed: int = 0, regions: tuple[str, ...] = PART_NAMES) -> dict[str, Path]:
+    """Write `families` twin pairs plus one person without a twin into `folder`, one crop per
+    region of `regions`; returns the three dataset paths keyed like the training config."""
     rng = np.random.default_rng(seed)
     people, twin_pairs = [], []
     for family in range(families):
@@ -29,14 +29,14 @@ def write_synthetic_extraction(folder: Path, families: int = 4, images_per_perso
         people += [(pair[0], family), (pair[1], family)]
     people.append(("solo", families))
     family_faces = rng.integers(40, 215, (families + 1, 112, 112, 3)).astype(np.uint8)
-    family_parts = rng.integers(60, 200, (families + 1, len(PART_NAMES), crop, crop, 3)).astype(np.uint8)
+    family_parts = rng.integers(60, 200, (families + 1, len(regions), crop, crop, 3)).astype(np.uint8)
     parts_index, tensor_index = {}, {}
     for person, family in people:
-        dot = rng.integers(4, crop - 8, size=(len(PART_NAMES), 2))
+        dot = rng.integers(4, crop - 8, size=(len(regions), 2))
         for image in range(images_per_person):
             noise = lambda shape: rng.normal(0, 12, shape)
             parts = {}
-            for k, part in enumerate(PART_NAMES):
+            for k, part in enumerate(regions):
                 crop_rgb = np.clip(family_parts[family, k] + noise((crop, crop, 3)), 0, 255).astype(np.uint8)
                 y, x = dot[k] + rng.integers(-1, 2, size=2)
                 crop_rgb[y:y + 4, x:x + 4] = 20  # the identity's own mark
@@ -47,7 +47,7 @@ def write_synthetic_extraction(folder: Path, families: int = 4, images_per_perso
             image_dir = folder / person / key
             image_dir.mkdir(parents=True)
             extractor.write_face_outputs(image_dir, inputs, "bmp")
-            parts_index.setdefault(person, {})[key] = {p: f"{person}/{key}/{p}.bmp" for p in PART_NAMES}
+            parts_index.setdefault(person, {})[key] = {p: f"{person}/{key}/{p}.bmp" for p in regions}
             tensor_index.setdefault(person, []).append(f"{person}/{key}/{extractor.ADAFACE_INPUT_FILE}")
     paths = {"face_parts_dataset_path": folder / extractor.PARTS_INDEX,
              "tensor_dataset_path": folder / extractor.TENSOR_INDEX, "twin_pairs_path": folder / "twin_pairs.json"}

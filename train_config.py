@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cli_errors import EXIT_USAGE, ExpectedError
+from cutout import REGION_NAMES, REGION_SETS, parse_regions
 from distributed import DEVICE_PATTERN
 from face_parts_model import PART_BACKBONES, PART_HEADS
 from global_branch import default_global_model
@@ -27,6 +28,9 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Files and folders of a run: made absolute when the run starts, so that its checkpoints
 # work from any folder (evaluate.py reads the dataset through them).
 DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path", "output_dir")
+# Keys added after runs were already being made, whose default changed what a run does: a
+# saved config without them was made with these values.
+LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool"}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
@@ -81,6 +85,9 @@ class TrainConfig:
                           "keeps where a mark is) or pool (global average pool, linear)", default="spatial",
                           metadata={"choices": PART_HEADS})
     hidden_dim: int = _key("hidden width of the projection", default=512)
+    regions: str = _key("face regions, one part encoder each: a set (" + ", ".join(REGION_SETS) + ") or "
+                        "comma-separated names from " + ", ".join(REGION_NAMES) + "; the extraction must "
+                        "hold them (face_parts_extractor.py --regions)", default="five")
     embedding_dim: int = _key("final embedding size", default=256)
     # --- data ---
     test_split: float = _key("share of families held out for evaluate.py (the rest after train and "
@@ -170,6 +177,10 @@ class TrainConfig:
         check((self.sampler == "triplets") == (self.loss == "triplet"), "loss",
               f"--loss triplet goes with --sampler triplets, the mining losses with --sampler families "
               f"(sampler is {self.sampler!r})")
+        try:
+            parse_regions(self.regions)
+        except ValueError as error:
+            raise ConfigError(f"regions={self.regions!r}: {error}") from None
         for key in ("adaface_arch", "part_backbone", "part_head", "sampler", "loss", "negative_strategy",
                     "precision", "channels_last", "global_input_colour"):
             choices = self.field_metadata(key)["choices"]
@@ -178,6 +189,10 @@ class TrainConfig:
     @classmethod
     def field_metadata(cls, key: str) -> dict:
         return next(f.metadata for f in fields(cls) if f.name == key)
+
+    @property
+    def region_names(self) -> tuple[str, ...]:
+        return parse_regions(self.regions)
 
     @property
     def adaface_checkpoint_path(self) -> str | None:

@@ -32,11 +32,10 @@ import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
 from cli_errors import ExpectedError, cli_main
 from combined_model import CheckpointMismatchError, TwinVerificationModel, non_finite_keys, read_checkpoint
-from cutout import PART_NAMES
 import mining
 from family_batches import FamilyBatchDataset, epoch_family_batches, family_batch_positions
 from run_folder import locked_run_folder, same_folder
-from train_config import DATA_PATH_KEYS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
+from train_config import DATA_PATH_KEYS, LEGACY_DEFAULTS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
 from triplet_dataset import (DataIndexError, FaceDataIndex, TripletDataset, curriculum_stage, draw_triplets,
                              epoch_triplets, load_or_make_split, read_crop_rgb)
 
@@ -151,7 +150,7 @@ def batch_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig, devic
     else:
         parts_uint8 = torch.cat([batch[f"{r}_parts"] for r in ROLES])
         global_embedding = torch.cat([batch[f"{r}_global"] for r in ROLES])
-    parts = runner.parts_to_device(parts_uint8, device, channels_last)
+    parts = runner.parts_to_device(parts_uint8, device, channels_last, config.region_names)
     with runner.autocast(device, dtype):
         embedding = model(None, parts, global_embedding=global_embedding.to(device, non_blocking=True)).embedding
     images = len(parts_uint8)
@@ -219,16 +218,16 @@ def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainC
             # triplets: share of twin negatives; families: share of anchors whose hardest negative is the twin
             "twin_negative_ratio": totals[3].item() / max(1.0, totals[4].item()), "triplets": int(count),
             "triplets_per_second": count / elapsed, "images_encoded": images,
-            "part_images_per_second": images * len(PART_NAMES) / elapsed,
+            "part_images_per_second": images * len(config.region_names) / elapsed,
             "data_wait_fraction": data_seconds / elapsed, "global_step": global_step}
 
 
 def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
-    """A few anchors' five part crops as one image (rows: images, columns: parts)."""
+    """A few anchors' region crops as one image (rows: images, columns: regions)."""
     import torchvision
 
     shown = parts_uint8[:8]
-    grid = torchvision.utils.make_grid(shown.flatten(0, 1), nrow=len(PART_NAMES), padding=2)
+    grid = torchvision.utils.make_grid(shown.flatten(0, 1), nrow=parts_uint8.shape[1], padding=2)
     writer.add_image("train/part_crops", grid, step)
 
 
@@ -330,6 +329,8 @@ def check_resumable(saved: dict[str, Any], config: TrainConfig, path: Path) -> N
     if "output_dir" in saved and not same_folder(saved["output_dir"], config.output_dir):
         print(f"note: {path} was written in {saved['output_dir']}, which still exists; resuming this copy in "
               f"{config.output_dir}")
+    # A key the saved config lacks was added later; the run did what that key's legacy value does.
+    saved = {**TrainConfig().to_dict(), **LEGACY_DEFAULTS, **saved}
     # Runs from before paths were stored absolute hold them relative to the folder they ran in.
     saved = {**saved, **{k: str(Path(saved[k]).resolve()) for k in DATA_PATH_KEYS if isinstance(saved.get(k), str)}}
     changed = sorted(k for k, v in config.to_dict().items()
@@ -380,7 +381,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
     distributed.barrier(context)
 
     index = FaceDataIndex.load(Path(config.face_parts_dataset_path), Path(config.tensor_dataset_path),
-                               Path(config.twin_pairs_path))
+                               Path(config.twin_pairs_path), config.region_names)
     if context.is_main:
         load_or_make_split(output / "split.json", index, config.train_split, config.test_split, config.seed)
     distributed.barrier(context)

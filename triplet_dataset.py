@@ -40,7 +40,7 @@ class DataIndexError(ExpectedError, ValueError):
 class ImageRecord:
     person: str
     key: str
-    part_paths: tuple[Path, ...]  # in PART_NAMES order
+    part_paths: tuple[Path, ...]  # in the index's `regions` order
     tensor_path: Path
 
 
@@ -108,8 +108,10 @@ class FaceDataIndex:
     only those with images; people without any are absent.
     """
 
-    def __init__(self, images: list[ImageRecord], twin_pairs: list[tuple[str, ...]]):
+    def __init__(self, images: list[ImageRecord], twin_pairs: list[tuple[str, ...]],
+                 regions: tuple[str, ...] = PART_NAMES):
         self.images = images
+        self.regions = tuple(regions)  # the order of every record's part_paths
         self.persons = sorted({record.person for record in images})
         person_number = {person: n for n, person in enumerate(self.persons)}
         self.person_of_image = np.array([person_number[r.person] for r in images], dtype=np.int64)
@@ -126,7 +128,9 @@ class FaceDataIndex:
                     self.siblings_of[person] = tuple(p for p in present if p != person)
 
     @classmethod
-    def load(cls, face_parts_dataset: Path, tensor_dataset: Path, twin_pairs: Path) -> "FaceDataIndex":
+    def load(cls, face_parts_dataset: Path, tensor_dataset: Path, twin_pairs: Path,
+             regions: tuple[str, ...] = PART_NAMES) -> "FaceDataIndex":
+        """Read the index files, keeping the crops of `regions` (in that order) for each image."""
         parts_index = _read_json(face_parts_dataset, "face parts index")
         tensor_index = _read_json(tensor_dataset, "tensor index")
         _check_parts_index(parts_index, face_parts_dataset)
@@ -138,10 +142,11 @@ class FaceDataIndex:
             by_folder = {t.parent.resolve(): t for t in tensors}
             by_stem = {t.stem: t for t in tensors}
             for key, parts in sorted(entries.items()):
-                missing = [p for p in PART_NAMES if p not in parts]
+                missing = [p for p in regions if p not in parts]
                 if missing:
-                    raise DataIndexError(f"{face_parts_dataset}: {person}/{key} lacks parts {missing}")
-                part_paths = tuple(parts_root / parts[p] for p in PART_NAMES)
+                    raise DataIndexError(f"{face_parts_dataset}: {person}/{key} lacks regions {missing}; extract "
+                                         f"them with face_parts_extractor.py --regions {','.join(regions)}")
+                part_paths = tuple(parts_root / parts[p] for p in regions)
                 tensor = by_folder.get(part_paths[0].parent.resolve()) or by_stem.get(key)
                 if tensor is None:
                     raise DataIndexError(f"{tensor_dataset}: no AdaFace tensor for {person}/{key} "
@@ -149,7 +154,7 @@ class FaceDataIndex:
                 images.append(ImageRecord(str(person), key, part_paths, tensor))
         if not images:
             raise DataIndexError(f"{face_parts_dataset}: no images")
-        return cls(images, load_twin_pairs(twin_pairs))
+        return cls(images, load_twin_pairs(twin_pairs), regions)
 
     def families(self) -> list[tuple[str, ...]]:
         """Sibling groups and people without a sibling, each once, in a fixed order."""

@@ -9,6 +9,7 @@ import pytest
 
 import cutout
 import make_twin_demo as twins
+import part_traits
 from face_images import read_image
 
 SMALL = {"obama": ["obama.jpg", "obama4_crop.jpg"], "grace_hopper": ["grace_hopper.jpg"],
@@ -26,8 +27,8 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def load_traits(record: dict) -> list[twins.Trait]:
-    return [twins.Trait.from_json(t) for t in record["traits"]]
+def load_traits(record: dict) -> list[part_traits.Trait]:
+    return [part_traits.Trait.from_json(t) for t in record["traits"]]
 
 
 def squares_mask(shape: tuple[int, ...], landmarks: np.ndarray, margin_px: int = 2) -> np.ndarray:
@@ -65,7 +66,8 @@ def test_same_seed_gives_identical_files_and_another_seed_differs(copy_photos, l
 
 def test_pairs_formats_and_skipped_person(copy_photos, landmarker_model, detector, tmp_path, capsys):
     photos = copy_photos(SMALL)
-    summary = build(photos, tmp_path / "out", landmarker_model, images_per_identity=3)
+    summary = build(photos, tmp_path / "out", landmarker_model, images_per_identity=3,
+                    settings=twins.PRESETS["legacy"])
     assert "skipped person messi" in capsys.readouterr().out
     assert summary.skipped_people == ("messi",) and summary.skipped_photos == ("messi/messi5.jpg",)
     assert (summary.people, summary.pairs, summary.identities, summary.images) == (3, 2, 4, 12)
@@ -81,7 +83,7 @@ def test_pairs_formats_and_skipped_person(copy_photos, landmarker_model, detecto
         assert records[a]["twin"] == b and records[b]["twin"] == a
         assert records[a]["sources"] == records[b]["sources"]  # built from the same photos
         traits_a, traits_b = set(load_traits(records[a])), set(load_traits(records[b]))
-        low, high = twins.OWN_TRAITS
+        low, high = part_traits.OWN_TRAITS
         assert low <= len(traits_a) <= high + 1 and low <= len(traits_b) <= high + 1  # + one shared at most
         assert len(traits_a ^ traits_b) >= 2 * low
         assert all(t.uv is None or 0 < min(t.uv) <= max(t.uv) < 1 for t in traits_a | traits_b)
@@ -96,10 +98,10 @@ def test_pairs_formats_and_skipped_person(copy_photos, landmarker_model, detecto
 
 def test_every_trait_kind_changes_only_pixels_in_its_part_square(faces):
     rgb, landmarks = faces["obama/obama.jpg"]
-    for index, kind in enumerate(twins.TRAIT_KINDS):
+    for index, kind in enumerate(part_traits.TRAIT_KINDS):
         for trial in range(4):
-            trait = twins.sample_trait(np.random.default_rng([index, trial]), kind)
-            changed = np.abs(twins.render_traits(rgb, landmarks, [trait]).astype(int) - rgb).max(-1) > 0
+            trait = part_traits.sample_trait(np.random.default_rng([index, trial]), kind)
+            changed = np.abs(part_traits.render_traits(rgb, landmarks, [trait]).astype(int) - rgb).max(-1) > 0
             square = np.zeros(rgb.shape[:2], np.uint8)
             cv2.fillPoly(square, [np.round(cutout.part_squares(landmarks)[trait.part]).astype(np.int32)], 1)
             square = cv2.dilate(square, np.ones((5, 5), np.uint8)).astype(bool)
@@ -113,8 +115,8 @@ def test_twins_differ_only_in_small_areas_inside_the_part_squares(faces, name):
     inside = squares_mask(rgb.shape, landmarks)
     for seed in range(8):
         traits_a, traits_b = twins.twin_traits(seed, name)
-        difference = np.abs(twins.render_traits(rgb, landmarks, traits_a).astype(int)
-                            - twins.render_traits(rgb, landmarks, traits_b)).max(-1)
+        difference = np.abs(part_traits.render_traits(rgb, landmarks, traits_a).astype(int)
+                            - part_traits.render_traits(rgb, landmarks, traits_b)).max(-1)
         assert (difference > 0).any()
         assert not (difference[~inside] > 0).any()
         # Visible change (more than a few grey levels) covers a small part of the face.
@@ -143,10 +145,10 @@ def test_marks_move_with_the_face(faces, detector, name):
     rotated, matrix = rotate(rgb, 15.0)
     rotated_landmarks = detector.detect_largest(rotated).astype(np.float64)  # found afresh
     for part in cutout.PART_NAMES:
-        box = twins.SKIN_BOXES[part][0]
-        mole = twins.Trait("mole", part, ((box[0] + box[1]) / 2, (box[2] + box[3]) / 2), 0.025, 0.5, 0.0, 1)
-        centroid = mark_centroid(rgb, twins.render_traits(rgb, landmarks, [mole]))
-        moved = mark_centroid(rotated, twins.render_traits(rotated, rotated_landmarks, [mole]))
+        box = part_traits.SKIN_BOXES[part][0]
+        mole = part_traits.Trait("mole", part, ((box[0] + box[1]) / 2, (box[2] + box[3]) / 2), 0.025, 0.5, 0.0, 1)
+        centroid = mark_centroid(rgb, part_traits.render_traits(rgb, landmarks, [mole]))
+        moved = mark_centroid(rotated, part_traits.render_traits(rotated, rotated_landmarks, [mole]))
         # Within a few pixels: about what the landmarker itself wobbles between the two copies.
         assert np.linalg.norm(matrix @ [*centroid, 1] - moved) < 4.0, part
         assert np.linalg.norm(centroid - moved) > 20  # the rotation really moved it

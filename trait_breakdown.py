@@ -1,0 +1,103 @@
+"""Twin EER broken down by what tells the twins apart: mark kind and where the marks are.
+
+The simulator's `traits.json` lists each identity's marks with `kind`, `shared` (the twin has
+it too) and `group` (`five`: inside one of the five original parts; `added`: only inside the
+added regions; `outside`: in no region). A twin family is told apart by its *distinguishing*
+marks: those of either twin that the other does not share.
+
+Breakdowns (each a set of families; their genuine and twin-impostor pairs give one EER):
+- `kind`: families with at least one distinguishing mark of that kind;
+- `region`: families whose distinguishing marks all lie in one group (`five`, `added`,
+  `outside`), families with marks in several (`mixed`), and `not_in_five`: families with
+  no distinguishing mark inside the five parts (what a five-part model cannot see).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import verification_metrics as vm
+import verification_pairs as vp
+
+REGION_GROUPS = ("five", "added", "outside")
+
+
+class TraitFileError(ValueError):
+    """A traits.json that is missing or not the simulator's format."""
+
+
+def load_traits(path: Path) -> dict[str, dict[str, Any]]:
+    """`{identity: record}` from the simulator's traits.json; errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TraitFileError(f"{path}: traits file not found") from None
+    except json.JSONDecodeError as error:
+        raise TraitFileError(f"{path}: not valid JSON ({error})") from None
+    identities = data.get("identities") if isinstance(data, dict) else None
+    if not isinstance(identities, dict):
+        raise TraitFileError(f"{path}: expected make_twin_demo.py's traits.json with an 'identities' object")
+    for identity, record in identities.items():
+        marks = record.get("traits") if isinstance(record, dict) else None
+        if not isinstance(marks, list) or not all(isinstance(m, dict) and {"kind", "group", "shared"} <= set(m)
+                                                  for m in marks):
+            raise TraitFileError(f"{path}: identity {identity!r} lacks marks with kind, group and shared "
+                                 "(made before traits recorded their regions? re-run make_twin_demo.py)")
+    return identities
+
+
+def distinguishing_marks(traits: dict[str, dict[str, Any]], identity: str, twin: str) -> list[dict[str, Any]]:
+    """Marks of either twin that the other does not have."""
+    return [m for person in (identity, twin) for m in traits.get(person, {}).get("traits", []) if not m["shared"]]
+
+
+def family_groups(marks: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """The breakdown labels one family belongs to, from its distinguishing marks."""
+    kinds = sorted({m["kind"] for m in marks})
+    groups = {m["group"] for m in marks}
+    region = [next(iter(groups))] if len(groups) == 1 else (["mixed"] if groups else [])
+    if marks and "five" not in groups:
+        region.append("not_in_five")
+    return {"kind": kinds, "region": region}
+
+
+def twin_eer_by_trait(scores: np.ndarray, kind: np.ndarray, person_a: list[str], person_b: list[str],
+                      twin_of: dict[str, str], traits: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Twin EER per breakdown label. `scores`, `kind` (`verification_pairs` kinds) and the
+    pair's two persons are per pair; families are named by their sorted twin pair."""
+    family_of = {p: "+".join(sorted((p, t))) for p, t in twin_of.items()}
+    labels: dict[str, dict[str, list[str]]] = {}
+    for person, twin in twin_of.items():
+        labels[family_of[person]] = family_groups(distinguishing_marks(traits, person, twin))
+    first = np.array([family_of.get(p, "") for p in person_a])
+    second = np.array([family_of.get(p, "") for p in person_b])
+    usable = ((kind == vp.GENUINE) | (kind == vp.TWIN)) & (first == second) & (first != "")
+    result: dict[str, Any] = {"kind": {}, "region": {}}
+    for axis in result:
+        names = sorted({name for family in labels.values() for name in family[axis]})
+        for name in names:
+            families = [f for f, family in labels.items() if name in family[axis]]
+            chosen = usable & np.isin(first, families)
+            genuine = kind[chosen] == vp.GENUINE
+            entry = {"families": len(families), "genuine_pairs": int(genuine.sum()),
+                     "twin_pairs": int((~genuine).sum()), "eer": None}
+            if 0 < genuine.sum() < len(genuine):
+                entry["eer"] = vm.equal_error_rate(scores[chosen], genuine.astype(int))[0]
+            result[axis][name] = entry
+    return result
+
+
+def table(breakdown: dict[str, dict[str, Any]]) -> str:
+    """Plain-text table: one line per (model, axis, label)."""
+    lines = [f"{'model':10s} {'by':6s} {'label':16s} {'families':>8s} {'twin pairs':>10s} {'twin EER':>8s}"]
+    for model, axes in breakdown.items():
+        for axis, entries in axes.items():
+            for name, entry in entries.items():
+                eer = "n/a" if entry["eer"] is None else f"{100 * entry['eer']:.1f}%"
+                lines.append(f"{model:10s} {axis:6s} {name:16s} {entry['families']:8d} {entry['twin_pairs']:10d} "
+                             f"{eer:>8s}")
+    return "\n".join(lines)
