@@ -7,6 +7,7 @@ what torchvision's ImageNet weights were trained on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cutout import PART_NAMES
 
@@ -108,6 +110,46 @@ def load_trunk_weights(trunk: nn.Module, backbone: str, weights: str) -> None:
             f"({len(result.unexpected_keys)})")
 
 
+def trunk_segments(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk as a chain of segments, each a unit of activation checkpointing.
+
+    A torchvision ResNet splits into its stem and its four stages; other trunks stay whole.
+    """
+    if isinstance(trunk, torchvision.models.ResNet):
+        stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
+        return [stem, trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4,
+                nn.Sequential(trunk.avgpool, nn.Flatten(1), trunk.fc)]
+    return [trunk]
+
+
+@contextlib.contextmanager
+def _batchnorm_statistics_frozen(module: nn.Module):
+    """While a checkpointed segment is recomputed for the backward pass, its BatchNorm layers
+    must not update their running statistics a second time (momentum 0 keeps them as they are)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(layer.momentum, None if layer.num_batches_tracked is None else layer.num_batches_tracked.clone())
+             for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, (momentum, tracked) in zip(layers, saved):
+            layer.momentum = momentum
+            if tracked is not None:
+                layer.num_batches_tracked.copy_(tracked)
+
+
+def run_checkpointed(segments: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Forward through `segments`, keeping only each segment's input for the backward pass; the
+    activations inside a segment are recomputed when its gradients are needed."""
+    for segment in segments:
+        x = checkpoint(segment, x, use_reentrant=False,
+                       context_fn=lambda segment=segment: (contextlib.nullcontext(),
+                                                           _batchnorm_statistics_frozen(segment)))
+    return x
+
+
 class PartEncoder(nn.Module):
     """One CNN trunk and a linear layer to the part embedding."""
 
@@ -116,8 +158,11 @@ class PartEncoder(nn.Module):
         self.trunk, width = build_trunk(backbone)
         load_trunk_weights(self.trunk, backbone, weights)
         self.head = nn.Linear(width, embedding_dim)
+        self.activation_checkpointing = False
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return self.head(run_checkpointed(trunk_segments(self.trunk), crops))
         return self.head(self.trunk(crops))
 
 
@@ -129,6 +174,13 @@ class FacePartsModel(nn.Module):
         self.embedding_dim = embedding_dim
         self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights)
                                        for part in PART_NAMES})
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Trade compute for memory in training: each trunk keeps only its stage boundaries and
+        recomputes the rest in the backward pass (about a third more compute, a fraction of the
+        activation memory), so larger family batches fit on one GPU."""
+        for encoder in self.encoders.values():
+            encoder.activation_checkpointing = enabled
 
     @property
     def output_dim(self) -> int:

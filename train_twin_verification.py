@@ -260,6 +260,7 @@ def run_training(config: TrainConfig, context: distributed.Context | None = None
     model = runner.build_model(config)
     cache = global_cache(model, index, config, context, output / "cache")
     model.to(context.device)
+    model.face_parts.set_activation_checkpointing(config.activation_checkpointing)
     if runner.uses_channels_last(config.channels_last, context.device):
         model.face_parts.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
