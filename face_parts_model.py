@@ -8,6 +8,7 @@ what torchvision's ImageNet weights were trained on.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from cutout import PART_NAMES, parse_regions
 
@@ -145,6 +147,45 @@ def load_trunk_weights(trunk: nn.Module, backbone: str, weights: str) -> None:
             f"({len(result.unexpected_keys)})")
 
 
+def trunk_segments(trunk: nn.Module) -> list[nn.Module]:
+    """The trunk as a chain of segments, each a unit of activation checkpointing.
+
+    A ResNet trunk splits into its stem and its four stages; other trunks stay whole.
+    """
+    if isinstance(trunk, ResNetTrunk):
+        stem = nn.Sequential(trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool)
+        return [stem, trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4]
+    return [trunk]
+
+
+@contextlib.contextmanager
+def _batchnorm_statistics_frozen(module: nn.Module):
+    """While a checkpointed segment is recomputed for the backward pass, its BatchNorm layers
+    must not update their running statistics a second time (momentum 0 keeps them as they are)."""
+    layers = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(layer.momentum, None if layer.num_batches_tracked is None else layer.num_batches_tracked.clone())
+             for layer in layers]
+    for layer in layers:
+        layer.momentum = 0.0
+    try:
+        yield
+    finally:
+        for layer, (momentum, tracked) in zip(layers, saved):
+            layer.momentum = momentum
+            if tracked is not None:
+                layer.num_batches_tracked.copy_(tracked)
+
+
+def run_checkpointed(segments: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Forward through `segments`, keeping only each segment's input for the backward pass; the
+    activations inside a segment are recomputed when its gradients are needed."""
+    for segment in segments:
+        x = checkpoint(segment, x, use_reentrant=False,
+                       context_fn=lambda segment=segment: (contextlib.nullcontext(),
+                                                           _batchnorm_statistics_frozen(segment)))
+    return x
+
+
 class PartEncoder(nn.Module):
     """One CNN trunk, a head reducer (`pool` or `spatial`) and a linear layer to the part embedding."""
 
@@ -155,8 +196,11 @@ class PartEncoder(nn.Module):
         load_trunk_weights(self.trunk, backbone, weights)
         self.reduce, width = build_head_reducer(head, backbone, channels)
         self.head = nn.Linear(width, embedding_dim)
+        self.activation_checkpointing = False
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return self.head(self.reduce(run_checkpointed(trunk_segments(self.trunk), crops)))
         return self.head(self.reduce(self.trunk(crops)))
 
 
@@ -170,6 +214,13 @@ class FacePartsModel(nn.Module):
         self.regions = parse_regions(regions)
         self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights, head)
                                        for part in self.regions})
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Trade compute for memory in training: each trunk keeps only its stage boundaries and
+        recomputes the rest in the backward pass (about a third more compute, a fraction of the
+        activation memory), so larger family batches fit on one GPU."""
+        for encoder in self.encoders.values():
+            encoder.activation_checkpointing = enabled
 
     @property
     def output_dim(self) -> int:

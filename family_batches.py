@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from triplet_dataset import DataIndexError, FaceDataIndex, load_parts
+from triplet_dataset import DataIndexError, FaceDataIndex, crops_to_tensor
 
 _STREAM_FAMILIES, _STREAM_AUGMENT = 11, 12
 
@@ -107,7 +107,7 @@ class FamilyBatchDataset(Dataset):
         image = int(self.batches.batches[step][slot])
         rng = np.random.default_rng([self.seed, _STREAM_AUGMENT, self.epoch, step, slot]) if self.augment else None
         view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
-        return {"parts": load_parts(self.index.images[image], rng, self.augment_strength),
+        return {"parts": crops_to_tensor(self.index.crops_rgb(image), rng, self.augment_strength),
                 "global": self.global_embeddings[image, view],
                 "identity": torch.tensor(int(self.batches.identity[image])),
                 "family": torch.tensor(int(self.batches.family[image]))}

@@ -34,7 +34,7 @@ LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool"
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
-                              "target_twin_far", "trust_checkpoint"})
+                              "target_twin_far", "trust_checkpoint", "activation_checkpointing"})
 
 
 class ConfigError(ExpectedError, ValueError):
@@ -122,6 +122,9 @@ class TrainConfig:
     precision: str = _key("auto = bf16 autocast on CUDA, fp32 on CPU", default="auto",
                           metadata={"choices": PRECISIONS})
     channels_last: str = _key("auto = on for CUDA", default="auto", metadata={"choices": ("auto", "on", "off")})
+    activation_checkpointing: bool = _key("recompute the part trunks' activations in the backward pass instead "
+                                          "of keeping them: same results, far less memory, about a third "
+                                          "more compute (for larger batches on one GPU)", default=False)
     early_stopping_patience: int = _key("stop after this many epochs without a better validation twin "
                                         "EER; 0 = never", default=15)
     target_twin_far: float = _key("the decision threshold stored in best.pth accepts at most this share of "

@@ -390,6 +390,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
     model = runner.build_model(config, trust_checkpoint=config.trust_checkpoint)
     cache = global_cache(model, index, config, context, output / "cache")
     model.to(context.device)
+    model.face_parts.set_activation_checkpointing(config.activation_checkpointing)
     if runner.uses_channels_last(config.channels_last, context.device):
         model.face_parts.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]

@@ -27,6 +27,7 @@ from atomic_files import write_json_atomic
 from cli_errors import ExpectedError
 from cutout import PART_NAMES
 from net import adaface_input_tensor
+from packed_crops import PackedCrops, PackedCropsError, packed_folder_of, read_crop_file_rgb
 
 SPLITS = ("train", "val", "test")
 SPLIT_FORMAT_VERSION = 1
@@ -109,9 +110,12 @@ class FaceDataIndex:
     """
 
     def __init__(self, images: list[ImageRecord], twin_pairs: list[tuple[str, ...]],
-                 regions: tuple[str, ...] = PART_NAMES):
+                 regions: tuple[str, ...] = PART_NAMES, packed: PackedCrops | None = None):
+        """`packed`: the extraction's packed crops, read instead of the image files when given."""
         self.images = images
         self.regions = tuple(regions)  # the order of every record's part_paths
+        self.packed = packed
+        self.packed_rows = None if packed is None else np.array([packed.row(r.person, r.key) for r in images])
         self.persons = sorted({record.person for record in images})
         person_number = {person: n for n, person in enumerate(self.persons)}
         self.person_of_image = np.array([person_number[r.person] for r in images], dtype=np.int64)
@@ -154,7 +158,19 @@ class FaceDataIndex:
                 images.append(ImageRecord(str(person), key, part_paths, tensor))
         if not images:
             raise DataIndexError(f"{face_parts_dataset}: no images")
-        return cls(images, load_twin_pairs(twin_pairs), regions)
+        packed = None
+        if (packed_folder_of(face_parts_dataset)).is_dir():
+            try:
+                packed = PackedCrops(packed_folder_of(face_parts_dataset), Path(face_parts_dataset), regions)
+            except PackedCropsError as error:
+                raise DataIndexError(str(error)) from None
+        return cls(images, load_twin_pairs(twin_pairs), regions, packed)
+
+    def crops_rgb(self, number: int) -> np.ndarray:
+        """uint8 `R×S×S×3` RGB region crops of image `number` (packed arrays when present, else files)."""
+        if self.packed is not None:
+            return self.packed.crops_rgb(int(self.packed_rows[number]))
+        return read_record_crops_rgb(self.images[number])
 
     def families(self) -> list[tuple[str, ...]]:
         """Sibling groups and people without a sibling, each once, in a fixed order."""
@@ -330,10 +346,19 @@ def augment_image(image: np.ndarray, rng: np.random.Generator, strength: float =
 
 
 def read_crop_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataIndexError(f"{path}: part crop missing or unreadable; re-run the extractor")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    try:
+        return read_crop_file_rgb(path)
+    except PackedCropsError as error:
+        raise DataIndexError(str(error)) from None
+
+
+def read_record_crops_rgb(record: ImageRecord) -> np.ndarray:
+    """uint8 `5×S×S×3` RGB crops of one image from its files; all crops must share one size."""
+    crops = [read_crop_rgb(path) for path in record.part_paths]
+    sizes = {c.shape for c in crops}
+    if len(sizes) != 1:
+        raise DataIndexError(f"{record.part_paths[0].parent}: part crops differ in size {sorted(sizes)}")
+    return np.stack(crops)
 
 
 def read_adaface_tensor(path: Path) -> torch.Tensor:
@@ -358,18 +383,16 @@ def sample_rng(seed: int, epoch: int, item: int, role: int) -> np.random.Generat
     return np.random.default_rng([seed, 2, epoch, item, role])
 
 
+def crops_to_tensor(crops_rgb: np.ndarray, rng: np.random.Generator | None, strength: float = 1.0) -> torch.Tensor:
+    """uint8 `P×S×S×3` RGB crops → uint8 `P×3×S×S`, each augmented on the CPU when `rng` is given."""
+    if rng is not None:
+        crops_rgb = np.stack([augment_image(crop, rng, strength) for crop in crops_rgb])
+    return torch.from_numpy(np.ascontiguousarray(crops_rgb)).permute(0, 3, 1, 2).contiguous()
+
+
 def load_parts(record: ImageRecord, rng: np.random.Generator | None, strength: float = 1.0) -> torch.Tensor:
-    """uint8 `5×3×S×S` RGB crops of one image, augmented when `rng` is given."""
-    crops = []
-    for path in record.part_paths:
-        crop = read_crop_rgb(path)
-        if rng is not None:
-            crop = augment_image(crop, rng, strength)
-        crops.append(crop)
-    sizes = {c.shape for c in crops}
-    if len(sizes) != 1:
-        raise DataIndexError(f"{record.part_paths[0].parent}: part crops differ in size {sorted(sizes)}")
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    """uint8 `5×3×S×S` RGB crops of one image from its files, augmented when `rng` is given."""
+    return crops_to_tensor(read_record_crops_rgb(record), rng, strength)
 
 
 class TripletDataset(Dataset):
@@ -391,7 +414,7 @@ class TripletDataset(Dataset):
         sample = {"twin_negative": torch.tensor(bool(self.triplets.twin_negative[item]))}
         for role, (name, image) in enumerate(zip(("anchor", "positive", "negative"), images)):
             rng = sample_rng(self.seed, self.epoch, item, role) if self.augment else None
-            sample[f"{name}_parts"] = load_parts(self.index.images[image], rng, self.augment_strength)
+            sample[f"{name}_parts"] = crops_to_tensor(self.index.crops_rgb(image), rng, self.augment_strength)
             view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
             sample[f"{name}_global"] = self.global_embeddings[image, view]
         return sample
@@ -408,7 +431,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
         number = int(self.image_numbers[item])
-        return {"image": torch.tensor(number), "parts": load_parts(self.index.images[number], None)}
+        return {"image": torch.tensor(number), "parts": crops_to_tensor(self.index.crops_rgb(number), None)}
 
 
 class FaceViewDataset(Dataset):
