@@ -55,7 +55,7 @@ from atomic_files import (atomic_directory, naming, remove_stale_temporaries, sh
 from cli_errors import EXIT_INTERRUPTED, ExpectedError, cli_main
 from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector,
                          ImageDecodeError, LandmarkerModelError, NoFaceError, face_inputs, read_image)
-from packed_crops import PACKED_INDEX, PackedCropsError, pack_extraction, packed_folder_of
+from packed_crops import PACKED_INDEX, pack_extraction, packed_folder_of
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
 PARTS_INDEX = "face_parts_dataset.json"

@@ -9,6 +9,10 @@ every family appears once, in a fresh order, and each identity contributes the n
 images of its own shuffled cycle, so over the rounds an identity's photos are all used.
 With several processes, each step's families are dealt out so that no two processes
 share a family (the last families of a round that do not fill a step wait for the next).
+
+`virtual_twins` (a share of the step's families) adds to a family a virtual twin of one of
+its members (`virtual_twins.py`): K of the member's images with the same synthetic marks
+painted on, a sibling of its own identity that only those marks tell apart.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ import torch
 from torch.utils.data import Dataset
 
 from triplet_dataset import DataIndexError, FaceDataIndex, crops_to_tensor
+from virtual_twins import Mark, draw_marks, paint_marks
 
-_STREAM_FAMILIES, _STREAM_AUGMENT = 11, 12
+_STREAM_FAMILIES, _STREAM_AUGMENT, _STREAM_VIRTUAL = 11, 12, 13
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,23 @@ class FamilyBatches:
     batches: list[np.ndarray]   # image numbers of each of this process's batches
     identity: np.ndarray        # person number of every image of `index` (labels for mining)
     family: np.ndarray          # family number of every image of `index` (twins share one)
+    # Per batch and slot: the virtual twin the image is painted for (an index into
+    # `virtual_marks`), or -1 for the image as it is. None: no virtual twins at all.
+    virtual: list[np.ndarray] | None = None
+    virtual_marks: tuple[tuple[Mark, ...], ...] = ()
+    virtual_family: tuple[int, ...] = ()   # the family each virtual twin joins
 
     def __len__(self) -> int:
         return len(self.batches)
+
+    def labels(self, step: int, slot: int) -> tuple[int, int, tuple[Mark, ...]]:
+        """`(identity, family, marks)` of one batch position: a virtual twin is an identity of
+        its own (numbered after the real ones) in its source's family."""
+        image = int(self.batches[step][slot])
+        twin = -1 if self.virtual is None else int(self.virtual[step][slot])
+        if twin < 0:
+            return int(self.identity[image]), int(self.family[image]), ()
+        return len(self.identity) + twin, self.virtual_family[twin], self.virtual_marks[twin]
 
 
 def family_labels(index: FaceDataIndex) -> tuple[np.ndarray, np.ndarray]:
@@ -52,11 +71,12 @@ def rounds_per_epoch(index: FaceDataIndex, persons: list[str], images_per_identi
 
 def epoch_family_batches(index: FaceDataIndex, persons: list[str], families_per_batch: int,
                          images_per_identity: int, seed: int, epoch: int, rank: int = 0,
-                         world_size: int = 1) -> FamilyBatches:
+                         world_size: int = 1, virtual_twins: float = 0.0) -> FamilyBatches:
     """This process's family batches of one epoch (a function of seed and epoch only).
 
     A batch holds `families_per_batch` families, or every family a process can have when
-    the training set has fewer."""
+    the training set has fewer. `virtual_twins`: the share of families (drawn per family
+    and step) that get a virtual twin of one of their members."""
     members = set(persons)
     families = [tuple(p for p in family if p in members) for family in index.families()]
     families = [family for family in families if family]
@@ -74,17 +94,39 @@ def epoch_family_batches(index: FaceDataIndex, persons: list[str], families_per_
         used[person] += images_per_identity
         return [int(cycle[(start + k) % len(cycle)]) for k in range(images_per_identity)]
 
-    batches = []
+    identity, family = family_labels(index)
+    virtual_rng = np.random.default_rng([seed, _STREAM_VIRTUAL, epoch])
+    marks: list[tuple[Mark, ...]] = []
+    joins: list[int] = []
+
+    def draw_family(members: tuple[str, ...]) -> tuple[list[int], list[int]]:
+        """One family's images in a batch, and per image its virtual twin (or -1)."""
+        images = [i for person in members for i in next_images(person)]
+        twins = [-1] * len(images)
+        if virtual_twins > 0 and virtual_rng.random() < virtual_twins:
+            source = members[int(virtual_rng.integers(len(members)))]
+            chosen = virtual_rng.choice(index.images_of[source], size=images_per_identity,
+                                        replace=len(index.images_of[source]) < images_per_identity)
+            marks.append(draw_marks(virtual_rng, len(index.regions)))
+            joins.append(int(family[index.images_of[source][0]]))
+            images += [int(i) for i in chosen]
+            twins += [len(marks) - 1] * images_per_identity
+        return images, twins
+
+    batches, virtual = [], []
     for _ in range(rounds_per_epoch(index, persons, images_per_identity)):
         order = rng.permutation(len(families))
         for step in range(len(order) // per_step):
             step_families = order[step * per_step:(step + 1) * per_step]
-            # every process draws every family's images, so the cycles stay identical on all ranks
-            drawn = [[i for person in families[f] for i in next_images(person)] for f in step_families]
+            # every process draws every family's images (and virtual twins), so the draws stay
+            # identical on all ranks
+            drawn = [draw_family(families[f]) for f in step_families]
             mine = drawn[rank * families_per_batch:(rank + 1) * families_per_batch]
-            batches.append(np.array([i for family in mine for i in family], dtype=np.int64))
-    identity, family = family_labels(index)
-    return FamilyBatches(batches, identity, family)
+            batches.append(np.array([i for images, _ in mine for i in images], dtype=np.int64))
+            virtual.append(np.array([t for _, twins in mine for t in twins], dtype=np.int64))
+    if virtual_twins <= 0:
+        return FamilyBatches(batches, identity, family)
+    return FamilyBatches(batches, identity, family, virtual, tuple(marks), tuple(joins))
 
 
 class FamilyBatchDataset(Dataset):
@@ -105,12 +147,15 @@ class FamilyBatchDataset(Dataset):
     def __getitem__(self, position: tuple[int, int]) -> dict[str, torch.Tensor]:
         step, slot = position
         image = int(self.batches.batches[step][slot])
+        identity, family, marks = self.batches.labels(step, slot)
         rng = np.random.default_rng([self.seed, _STREAM_AUGMENT, self.epoch, step, slot]) if self.augment else None
         view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
-        return {"parts": crops_to_tensor(self.index.crops_rgb(image), rng, self.augment_strength),
+        crops = self.index.crops_rgb(image)
+        if marks:  # painted before augmenting, so the marks move with the face
+            crops = paint_marks(crops, marks)
+        return {"parts": crops_to_tensor(crops, rng, self.augment_strength),
                 "global": self.global_embeddings[image, view],
-                "identity": torch.tensor(int(self.batches.identity[image])),
-                "family": torch.tensor(int(self.batches.family[image]))}
+                "identity": torch.tensor(identity), "family": torch.tensor(family)}
 
 
 def family_batch_positions(batches: FamilyBatches) -> list[list[tuple[int, int]]]:

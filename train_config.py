@@ -99,6 +99,10 @@ class TrainConfig:
     families_per_batch: int = _key("families (twin pairs or twinless people) per batch and process "
                                    "(--sampler families)", default=4)
     images_per_identity: int = _key("images of each identity in a family batch (--sampler families)", default=4)
+    virtual_twins: float = _key("share of a family batch's families that get a virtual twin: a sibling made of "
+                                "K images of one member with the same synthetic local marks painted on, so the "
+                                "model learns that a persistent local detail is identity (--sampler families; "
+                                "virtual_twins.py); 0 = none", default=0.0)
     loss: str = _key("triplet: hinge on pre-drawn triplets (--sampler triplets); batch_hard: each anchor's "
                      "hardest positive and negative in the batch (hinge with --triplet-margin); batch_hard_soft: the same "
                      "with the soft margin log(1+exp(d(a,p)−d(a,n))); batch_all: mean over the batch's triplets "
@@ -176,6 +180,7 @@ class TrainConfig:
               "the input convention flags apply only to an .onnx recogniser (AdaFace's input is BGR, mean and "
               "std 127.5)")
         check(self.families_per_batch >= 1, "families_per_batch", "must be at least 1")
+        check(0 <= self.virtual_twins <= 1, "virtual_twins", "must be within 0..1")
         check(self.images_per_identity >= 2, "images_per_identity", "must be at least 2 (an anchor needs a positive)")
         check((self.sampler == "triplets") == (self.loss == "triplet"), "loss",
               f"--loss triplet goes with --sampler triplets, the mining losses with --sampler families "

@@ -128,7 +128,7 @@ def epoch_batches(index, persons: list[str], cache, config: TrainConfig, context
     device = context.device
     if config.sampler == "families":
         batches = epoch_family_batches(index, persons, config.families_per_batch, config.images_per_identity,
-                                       config.seed, epoch, context.rank, context.world_size)
+                                       config.seed, epoch, context.rank, context.world_size, config.virtual_twins)
         dataset = FamilyBatchDataset(index, batches, cache, config.augment, config.seed, epoch, config.augment_strength)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=family_batch_positions(batches),
                                              num_workers=config.num_workers, pin_memory=device.type == "cuda")

@@ -101,7 +101,7 @@ def test_extraction_flag_packs_and_renews(tmp_path, monkeypatch):
     output = data["face_parts_dataset_path"].parent
     monkeypatch.setattr(extractor, "run_jobs", lambda *args, **kwargs: iter(()))
     monkeypatch.setattr(extractor, "build_indexes",
-                        lambda jobs, out, suffix: (json.loads(data["face_parts_dataset_path"].read_text()),
+                        lambda jobs, out, suffix, regions: (json.loads(data["face_parts_dataset_path"].read_text()),
                                                    json.loads(data["tensor_dataset_path"].read_text())))
     landmarker = tmp_path / "model.task"
     landmarker.write_bytes(b"x")
