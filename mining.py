@@ -98,3 +98,20 @@ def mined_loss(name: str, embeddings: torch.Tensor, identity: torch.Tensor, fami
     if name == "batch_all":
         return batch_all_loss(distances, identity, family, margin)
     raise ValueError(f"unknown mining loss {name!r}; choose batch_hard, batch_hard_soft or batch_all")
+
+
+def global_similarity_loss(embeddings: torch.Tensor, global_embeddings: torch.Tensor,
+                           family: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the cosine similarities of the twin model's embeddings
+    and those of the frozen global recogniser's, over the batch's pairs from different families.
+
+    Twins and genuine pairs are left to the mining loss. Pairs of unrelated people keep the
+    recogniser's geometry, so what it knows of identities never seen in training (the general
+    impostors) is not traded away for the training set's twins. Zero when the batch holds a
+    single family."""
+    mask = family[:, None] != family[None, :]
+    if not bool(mask.any()):
+        return embeddings.new_zeros((), dtype=torch.float32)
+    model = torch.nn.functional.normalize(embeddings.float(), dim=1)
+    recogniser = torch.nn.functional.normalize(global_embeddings.float(), dim=1)
+    return ((model @ model.T - recogniser @ recogniser.T)[mask] ** 2).mean()

@@ -99,6 +99,10 @@ class TrainConfig:
     families_per_batch: int = _key("families (twin pairs or twinless people) per batch and process "
                                    "(--sampler families)", default=4)
     images_per_identity: int = _key("images of each identity in a family batch (--sampler families)", default=4)
+    global_distillation: float = _key("weight of a loss that keeps, for pairs from different families, the "
+                                      "cosine similarity of the frozen global recogniser (general impostors stay "
+                                      "as well told apart as the recogniser tells them; --sampler families; "
+                                      "pointless with an untrained global branch); 0 = none", default=0.0)
     virtual_twins: float = _key("share of a family batch's families that get a virtual twin: a sibling made of "
                                 "K images of one member with the same synthetic local marks painted on, so the "
                                 "model learns that a persistent local detail is identity (--sampler families; "
@@ -180,6 +184,8 @@ class TrainConfig:
               "the input convention flags apply only to an .onnx recogniser (AdaFace's input is BGR, mean and "
               "std 127.5)")
         check(self.families_per_batch >= 1, "families_per_batch", "must be at least 1")
+        check(math.isfinite(self.global_distillation) and self.global_distillation >= 0, "global_distillation",
+              "must be a number ≥ 0")
         check(0 <= self.virtual_twins <= 1, "virtual_twins", "must be within 0..1")
         check(self.images_per_identity >= 2, "images_per_identity", "must be at least 2 (an anchor needs a positive)")
         check((self.sampler == "triplets") == (self.loss == "triplet"), "loss",

@@ -155,10 +155,14 @@ def batch_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig, devic
         embedding = model(None, parts, global_embedding=global_embedding.to(device, non_blocking=True)).embedding
     images = len(parts_uint8)
     if config.sampler == "families":
-        mined = mining.mined_loss(config.loss, embedding, batch["identity"].to(device), batch["family"].to(device),
-                                  config.triplet_margin)
+        family = batch["family"].to(device)
+        mined = mining.mined_loss(config.loss, embedding, batch["identity"].to(device), family, config.triplet_margin)
+        loss = mined.loss
+        if config.global_distillation > 0:
+            loss = loss + config.global_distillation * mining.global_similarity_loss(
+                embedding, global_embedding.to(device), family)
         twin = mined.hardest_negative_is_twin
-        return mined.loss, {"triplets": mined.triplets, "active": mined.active_fraction * mined.triplets,
+        return loss, {"triplets": mined.triplets, "active": mined.active_fraction * mined.triplets,
                             "twin_negatives": 0.0 if math.isnan(twin) else twin, "twin_steps": 0 if math.isnan(twin) else 1,
                             "images": images}
     size = len(batch["twin_negative"])

@@ -105,3 +105,30 @@ def test_twin_share_is_undefined_without_twins_and_unknown_loss_is_refused():
     assert math.isnan(result.hardest_negative_is_twin)
     with pytest.raises(ValueError, match="batch_hard"):
         mining.mined_loss("hardest", torch.eye(4), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 0, 1, 1]), 0.2)
+
+
+def test_global_similarity_loss_compares_only_pairs_of_different_families():
+    torch.manual_seed(0)
+    global_embeddings = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    family = torch.tensor([0, 0, 1, 1, 2, 2])
+    # The recogniser's own embeddings: every similarity matches.
+    assert float(mining.global_similarity_loss(global_embeddings, global_embeddings, family)) == 0.0
+    # Changing pairs within a family (twins, genuine pairs) costs nothing; across families it does.
+    twins_apart = global_embeddings.clone()
+    twins_apart[1] = -global_embeddings[0]
+    assert float(mining.global_similarity_loss(twins_apart, global_embeddings, family)) > 0  # row 1 vs others moved
+    within = torch.stack([global_embeddings[0], global_embeddings[0]])
+    assert float(mining.global_similarity_loss(within, global_embeddings[:2], torch.tensor([0, 0]))) == 0.0
+    # The plain-loop reference over off-family pairs.
+    embeddings = torch.nn.functional.normalize(torch.randn(6, 8), dim=1)
+    pairs = [(i, j) for i in range(6) for j in range(6) if family[i] != family[j]]
+    expected = sum((float(embeddings[i] @ embeddings[j]) - float(global_embeddings[i] @ global_embeddings[j])) ** 2
+                   for i, j in pairs) / len(pairs)
+    assert abs(float(mining.global_similarity_loss(embeddings, global_embeddings, family)) - expected) < 1e-6
+
+
+def test_global_similarity_loss_reaches_the_model_only():
+    global_embeddings = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    embeddings = torch.randn(4, 8, requires_grad=True)
+    mining.global_similarity_loss(embeddings, global_embeddings, torch.tensor([0, 1, 2, 3])).backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
