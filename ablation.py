@@ -43,6 +43,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "families + batch_all, spatial head": dict(sampler="families", loss="batch_all"),
     "families + batch_hard, spatial head": dict(sampler="families", loss="batch_hard"),
     "families + batch_all, pool head": dict(sampler="families", loss="batch_all", part_head="pool"),
+    "families + batch_all, no global distillation": dict(sampler="families", loss="batch_all",
+                                                         global_distillation=0.0),
+    "families + batch_all, virtual twins 0.5": dict(sampler="families", loss="batch_all", virtual_twins=0.5),
 }
 PARTS_ONLY = "parts only (default recipe, global embedding zeroed)"
 

@@ -40,7 +40,7 @@ from make_twin_demo import PRESETS
 from train_config import TrainConfig
 from train_twin_verification import run_training
 
-DEMO_EPOCHS = 30
+DEMO_EPOCHS = 80  # early stopping (15 epochs without a better validation twin EER) usually ends sooner
 
 
 def demo_config(output: Path, data: DemoData, adaface: str, epochs: int, regions: str = "five",

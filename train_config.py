@@ -102,7 +102,7 @@ class TrainConfig:
     global_distillation: float = _key("weight of a loss that keeps, for pairs from different families, the "
                                       "cosine similarity of the frozen global recogniser (general impostors stay "
                                       "as well told apart as the recogniser tells them; --sampler families; "
-                                      "pointless with an untrained global branch); 0 = none", default=0.0)
+                                      "pointless with an untrained global branch); 0 = none", default=1.0)
     virtual_twins: float = _key("share of a family batch's families that get a virtual twin: a sibling made of "
                                 "K images of one member with the same synthetic local marks painted on, so the "
                                 "model learns that a persistent local detail is identity (--sampler families; "
