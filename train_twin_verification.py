@@ -92,10 +92,17 @@ def record_time_to_accuracy(state: dict[str, Any], twin_eer: float | None, epoch
 
 
 def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
-    """What early stopping and best.pth follow: the twin EER (general EER if there are no twins)."""
-    if validation["twin_eer"] is not None:
-        return "val_twin_eer", validation["twin_eer"]
-    return "val_general_eer", validation["general_eer"]
+    """What early stopping and best.pth follow: the validation twin EER plus the general EER.
+
+    The twin EER alone would pick, among epochs that tell twins apart equally well (or not
+    at all, early on), whichever happens to be lowest by chance, however many unrelated
+    people it confuses; the sum keeps both in view. Either alone when the other is missing."""
+    twin, general = validation["twin_eer"], validation["general_eer"]
+    if twin is not None and general is not None:
+        return "val_twin_plus_general_eer", twin + general
+    if twin is not None:
+        return "val_twin_eer", twin
+    return "val_general_eer", general
 
 
 # ---- set-up ----------------------------------------------------------------------------

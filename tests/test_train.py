@@ -251,3 +251,13 @@ def test_extract_train_resume_and_load_with_real_photos(copy_photos, landmarker_
     assert train.run_training(config)["epoch"] == 2
     model = TwinVerificationModel.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.pth")
     assert model.config.part_backbone == "tiny"
+
+
+def test_the_best_checkpoint_weighs_general_impostors_too():
+    metric = train.selection_metric
+    assert metric({"twin_eer": 0.3, "general_eer": 0.1}) == ("val_twin_plus_general_eer", pytest.approx(0.4))
+    # At equal twin EER, the epoch that confuses fewer unrelated people wins; a slightly lower
+    # twin EER does not buy a much higher general EER.
+    assert metric({"twin_eer": 0.48, "general_eer": 0.02})[1] < metric({"twin_eer": 0.47, "general_eer": 0.15})[1]
+    assert metric({"twin_eer": 0.3, "general_eer": None}) == ("val_twin_eer", 0.3)
+    assert metric({"twin_eer": None, "general_eer": 0.2}) == ("val_general_eer", 0.2)
