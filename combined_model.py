@@ -68,6 +68,7 @@ class ModelConfig:
     global_input_std: float = 127.5
     part_head: str = "spatial"  # how each part encoder turns its feature map into a vector
     regions: tuple[str, ...] = PART_NAMES  # face regions, in the order of the part encoders
+    global_skip: bool = True  # a linear path from the global embedding straight to the output
 
     @property
     def global_input(self) -> InputConvention:
@@ -79,8 +80,9 @@ class ModelConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise CheckpointMismatchError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        # Checkpoints from before part heads were configurable pooled their feature maps.
-        values = {"part_head": "pool", **values}
+        # Checkpoints from before part heads were configurable pooled their feature maps, and
+        # had no path from the global embedding past the projection.
+        values = {"part_head": "pool", "global_skip": False, **values}
         if "regions" in values:
             try:
                 values["regions"] = parse_regions(values["regions"])
@@ -177,13 +179,15 @@ class TwinVerificationModel(nn.Module):
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
                  trust_checkpoint: bool = False, global_input_colour: str | None = None,
                  global_input_mean: float | None = None, global_input_std: float | None = None,
-                 part_head: str = "spatial", regions: tuple[str, ...] = PART_NAMES):
+                 part_head: str = "spatial", regions: tuple[str, ...] = PART_NAMES, global_skip: bool = True):
         """`adaface_checkpoint`: the global file, an AdaFace `.ckpt` or an ArcFace-aligned `.onnx`
         recogniser (default: `$TWIN_ADAFACE_CHECKPOINT`, else AdaFace in `pretrained/`); None builds
         an untrained IR (demos). `global_input_*`: an ONNX recogniser's input convention (default
         InsightFace's: RGB, mean 127.5, std 127.5). `part_weights` only initialises the part
         encoders (`none`, `imagenet` or a file); `part_head` is how each turns its map into a
-        vector; `regions` are the face regions, one part encoder each."""
+        vector; `regions` are the face regions, one part encoder each. `global_skip` adds a
+        linear path from the global embedding to the output, so that training starts from the
+        recogniser's geometry and the projection adds what the parts tell (see `forward`)."""
         super().__init__()
         if adaface_checkpoint is DEFAULT:
             adaface_checkpoint = default_global_model()
@@ -191,7 +195,7 @@ class TwinVerificationModel(nn.Module):
         convention = global_input_for(checkpoint, global_input_colour, global_input_mean, global_input_std)
         self.config = ModelConfig(adaface_arch, checkpoint, face_parts_embedding_dim, part_backbone, hidden_dim,
                                   embedding_dim, convention.colour, convention.mean, convention.std, part_head,
-                                  parse_regions(regions))
+                                  parse_regions(regions), global_skip)
         self.adaface = build_global_branch(adaface_arch, checkpoint, convention, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
@@ -203,6 +207,18 @@ class TwinVerificationModel(nn.Module):
             nn.Linear(self.global_dim + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(hidden_dim, embedding_dim))
+        self.global_skip = None
+        if global_skip:
+            # Rows orthonormal, scaled so a unit-length global embedding keeps (on average) unit
+            # length: the recogniser's cosine similarities survive the map closely. The projection
+            # starts small beside it, so at first the twin model ranks pairs as the recogniser does.
+            self.global_skip = nn.Linear(self.global_dim, embedding_dim, bias=False)
+            nn.init.orthogonal_(self.global_skip.weight)
+            with torch.no_grad():
+                self.global_skip.weight.mul_((self.global_dim / embedding_dim) ** 0.5
+                                             if embedding_dim < self.global_dim else 1.0)
+                self.projection[-1].weight.mul_(0.1)
+                self.projection[-1].bias.mul_(0.1)
 
     @property
     def global_dim(self) -> int:
@@ -242,7 +258,10 @@ class TwinVerificationModel(nn.Module):
             global_embedding = self.embed_global(face_tensor)
         parts = self.face_parts(face_parts_dict)
         combined = torch.cat([global_embedding.to(parts.dtype), parts], dim=1)
-        embedding = nn.functional.normalize(self.projection(combined).float(), dim=1)
+        projected = self.projection(combined)
+        if self.global_skip is not None:
+            projected = projected + self.global_skip(global_embedding.to(projected.dtype))
+        embedding = nn.functional.normalize(projected.float(), dim=1)
         return TwinOutput(embedding, global_embedding, parts, combined)
 
     # AdaFace is loaded from its own file, never from (or into) this model's checkpoints.

@@ -30,7 +30,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path", "output_dir")
 # Keys added after runs were already being made, whose default changed what a run does: a
 # saved config without them was made with these values.
-LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool"}
+LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
+                   "global_skip": False}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
@@ -84,6 +85,8 @@ class TrainConfig:
     part_head: str = _key("part encoder head: spatial (1×1 conv to a few channels, flattened map, linear: "
                           "keeps where a mark is) or pool (global average pool, linear)", default="spatial",
                           metadata={"choices": PART_HEADS})
+    global_skip: bool = _key("add a linear path from the global embedding straight to the output embedding "
+                             "(the projection adds what the parts tell to the recogniser's geometry)", default=True)
     hidden_dim: int = _key("hidden width of the projection", default=512)
     regions: str = _key("face regions, one part encoder each: a set (" + ", ".join(REGION_SETS) + ") or "
                         "comma-separated names from " + ", ".join(REGION_NAMES) + "; the extraction must "
