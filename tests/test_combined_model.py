@@ -282,3 +282,43 @@ def test_pool_head_and_the_head_choice_in_checkpoints(adaface_file, tmp_path):
     rebuilt = TwinVerificationModel.from_checkpoint(tmp_path / "best.pth")
     assert rebuilt.config.part_head == "pool"
     assert rebuilt.face_parts.encoders["nose"].head.in_features == 128
+
+
+def structured_global_embeddings(people=4, images=4, seed=0):
+    """Unit-length embeddings of a few people, several noisy images each."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(people, 512, generator=generator), dim=1)
+    noise = torch.nn.functional.normalize(torch.randn(people * images, 512, generator=generator), dim=1)
+    return torch.nn.functional.normalize(centres.repeat_interleave(images, 0) + 0.7 * noise, dim=1)
+
+
+def test_global_skip_starts_from_the_recognisers_ranking():
+    global_embeddings = structured_global_embeddings()
+    parts = {r: torch.randn(len(global_embeddings), 3, 32, 32) for r in PART_NAMES}
+    mask = ~torch.eye(len(global_embeddings), dtype=torch.bool)
+    recogniser = (global_embeddings @ global_embeddings.T)[mask]
+    agreement = {}
+    for skip in (True, False):
+        torch.manual_seed(0)
+        model = TwinVerificationModel(part_backbone="tiny", adaface_checkpoint=None, face_parts_embedding_dim=16,
+                                      hidden_dim=64, embedding_dim=128, global_skip=skip).eval()
+        with torch.no_grad():
+            embedding = model(None, parts, global_embedding=global_embeddings).embedding
+        agreement[skip] = torch.corrcoef(torch.stack([recogniser, (embedding @ embedding.T)[mask]]))[0, 1]
+    assert agreement[True] > 0.9 > agreement[False]
+
+
+def test_global_skip_is_trained_saved_and_absent_from_older_checkpoints(adaface_file, tmp_path):
+    torch.manual_seed(0)
+    model = TwinVerificationModel("ir_18", part_backbone="tiny", adaface_checkpoint=adaface_file,
+                                  face_parts_embedding_dim=16, hidden_dim=32, embedding_dim=16)
+    assert model.config.global_skip and model.global_skip.weight.requires_grad
+    checkpoint = model.deployable_checkpoint(part_crop_size=32)
+    assert "global_skip.weight" in checkpoint["model_state_dict"]
+    assert TwinVerificationModel.from_checkpoint(checkpoint).global_skip is not None
+    # A checkpoint from before the skip existed: no key, no weight; it loads without one.
+    older = TwinVerificationModel("ir_18", part_backbone="tiny", adaface_checkpoint=adaface_file,
+                                  face_parts_embedding_dim=16, hidden_dim=32, embedding_dim=16, global_skip=False)
+    saved = older.deployable_checkpoint(part_crop_size=32)
+    del saved["model_config"]["global_skip"]
+    assert TwinVerificationModel.from_checkpoint(saved).global_skip is None
