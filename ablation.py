@@ -1,6 +1,7 @@
 """Which training recipe tells the demo's simulated twins apart: every recipe, 3 seeds, one table.
 
-    python ablation.py [--output-dir demo_output/ablation] [--seeds 0 1 2] [--train-images 6000]
+    python ablation.py [--output-dir demo_output/ablation] [--seeds 0 1 2] [--train-images 3000]
+                       [--simulator default|legacy] [--global-model auto|none|FILE]
     make ablation
 
 Each recipe trains on the demo's data (real photos → simulated twins → 64 px parts, see
@@ -31,6 +32,7 @@ from atomic_files import write_json_atomic, write_text_atomic
 from cli_errors import cli_main
 from demo_data import CPU_SIZED, DEMO_CROP_PX, DEMO_IMAGES_PER_IDENTITY, REPO, choose_global_model, prepare_demo_data
 from family_batches import epoch_family_batches
+from make_twin_demo import PRESETS
 from train_config import TrainConfig
 from train_twin_verification import run_training
 from triplet_dataset import FaceDataIndex, epoch_triplets, split_families
@@ -138,8 +140,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def run_ablation(output: Path, seeds: list[int], train_images: int, recipes: list[str], photos: Path | None,
-                 adaface: str, table_only: bool = False) -> dict[str, Any]:
-    data = prepare_demo_data(photos, output / "data", DEMO_IMAGES_PER_IDENTITY, DEMO_CROP_PX, progress=False)
+                 adaface: str, table_only: bool = False, simulator: str = "default") -> dict[str, Any]:
+    data = prepare_demo_data(photos, output / "data", DEMO_IMAGES_PER_IDENTITY, DEMO_CROP_PX, progress=False,
+                             simulator=simulator)
     results: dict[str, list[dict[str, Any]]] = {}
     for seed in seeds:  # every recipe once before any twice, so that a partial table is balanced
         for name in recipes:
@@ -159,19 +162,20 @@ def run_ablation(output: Path, seeds: list[int], train_images: int, recipes: lis
                 parts = run_one(recipe_config(name, seed, train_images, data.paths, adaface, run_dir, CPU_SIZED),
                                 run_dir, parts_only=True)
                 results.setdefault(PARTS_ONLY, []).append({"seed": seed, **parts})
-            write_report(output, seeds, train_images, data, results)
-    return write_report(output, seeds, train_images, data, results)
+            write_report(output, seeds, train_images, data, results, simulator)
+    return write_report(output, seeds, train_images, data, results, simulator)
 
 
-def write_report(output: Path, seeds: list[int], train_images: int, data, results: dict[str, list]) -> dict[str, Any]:
+def write_report(output: Path, seeds: list[int], train_images: int, data, results: dict[str, list],
+                 simulator: str = "default") -> dict[str, Any]:
     """ablation.md and ablation.json from the runs so far (rewritten after every run)."""
     rows = [summarise(name, runs) for name, runs in results.items()]
     global_label = next(iter(results.values()))[0]["global_branch"]
     done = sorted({run["seed"] for runs in results.values() for run in runs})
-    text = (f"Held-out twin families of the demo data ({data.photos} photos, {DEMO_IMAGES_PER_IDENTITY} per "
-            f"identity, {DEMO_CROP_PX} px parts), seeds {', '.join(map(str, done))} of {', '.join(map(str, seeds))} "
+    text = (f"Held-out twin families of the demo data (simulator preset {simulator}; {data.photos} photos, "
+            f"{DEMO_IMAGES_PER_IDENTITY} per identity, {DEMO_CROP_PX} px parts), seeds {', '.join(map(str, done))} of {', '.join(map(str, seeds))} "
             f"(a seed also draws the family split), each run trained for about {train_images:,} encoded images "
-            f"(the epochs that take), the checkpoint with the best validation twin EER evaluated; global branch: "
+            f"(the epochs that take), the checkpoint with the best validation twin plus general EER evaluated; global branch: "
             f"{global_label}. Images encoded and wall time (training and validation) are per run.\n\n{table(rows)}\n")
     write_text_atomic(output / "ablation.md", text)
     write_json_atomic(output / "ablation.json", {"seeds": seeds, "train_images": train_images, "runs": results,
@@ -189,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         "encoded images; each recipe trains for the epochs that take (default: %(default)s)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
                         metavar="RECIPE", help=f"any of: {'; '.join(RECIPES)} (default: all)")
+    parser.add_argument("--simulator", choices=sorted(PRESETS), default="default",
+                        help="twin simulator preset of the data (default: %(default)s)")
     parser.add_argument("--global-model", default="auto",
                         help="auto (AdaFace where present, else pretrained/w600k_mbf.onnx), none (an untrained "
                              "IR-50), or a global model file (default: auto)")
@@ -201,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     adaface, global_note = choose_global_model(args.global_model)
     print(global_note)
     result = run_ablation(args.output_dir, args.seeds, args.train_images, args.recipes, args.photos, adaface,
-                          args.table_only)
+                          args.table_only, args.simulator)
     print(result["text"])
     return 0
 
