@@ -7,6 +7,11 @@ R is the number of face regions in the model's config (`regions`; the five parts
 chosen otherwise, 1152 inputs to the projection then with AdaFace). Checkpoints written
 before regions were configurable have no `regions` key and load as the five parts.
 
+With `global_skip` (the default) a linear map G → 256 of the global embedding is added to
+the projection's output before normalising: training starts from the recogniser's
+ranking of pairs, and the projection adds what the parts tell. Checkpoints from before
+the skip have no `global_skip` key and load without it.
+
 The output is unit length, so squared Euclidean distance is `2 − 2·cosine`: the
 triplet loss (which uses Euclidean distance) and cosine-similarity scoring rank pairs
 identically.
