@@ -263,10 +263,13 @@ class TwinVerificationModel(nn.Module):
             global_embedding = self.embed_global(face_tensor)
         parts = self.face_parts(face_parts_dict)
         combined = torch.cat([global_embedding.to(parts.dtype), parts], dim=1)
-        projected = self.projection(combined)
+        projected = self.projection(combined).float()
         if self.global_skip is not None:
-            projected = projected + self.global_skip(global_embedding.to(projected.dtype))
-        embedding = nn.functional.normalize(projected.float(), dim=1)
+            # In float32 even under autocast: the parts' small additions to the recogniser's
+            # large term would otherwise be rounded away at bf16's 8-bit precision.
+            with torch.autocast(projected.device.type, enabled=False):
+                projected = projected + self.global_skip(global_embedding.float())
+        embedding = nn.functional.normalize(projected, dim=1)
         return TwinOutput(embedding, global_embedding, parts, combined)
 
     # AdaFace is loaded from its own file, never from (or into) this model's checkpoints.
