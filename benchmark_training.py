@@ -1,7 +1,9 @@
-"""Print training throughput: triplets/s, time per step (data wait vs compute), peak memory.
+"""Print training throughput: triplets/s, part-images/s, time per step (data wait vs compute), peak memory.
 
     python benchmark_training.py                       # CPU, and CUDA when present
-    python benchmark_training.py --devices cuda --batch-size 64 --sizes full
+    python benchmark_training.py --devices cuda --batch-size 64 --sizes full --precision bf16
+    python benchmark_training.py --devices cuda --sizes full --largest-batch   # doubles the batch until memory runs out
+    python benchmark_training.py --devices cuda --sizes full --training-run 2  # whole epochs of run_training
 
 Steps run through the real training code (`train_one_epoch`: loader workers, crop
 decoding, augmentation, autocast, optimiser) on crops written in the extractor's
@@ -25,9 +27,10 @@ import numpy as np
 import torch
 
 import distributed
-from cli_errors import cli_main
+from cli_errors import EXIT_USAGE, ExpectedError, cli_main
 from synthetic_extraction import write_synthetic_extraction
-from train_config import TrainConfig
+from train_config import PRECISIONS, TrainConfig
+from train_twin_verification import run_training
 from model_runner import autocast_dtype, build_model, grad_scaler, make_loader, uses_channels_last
 from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
@@ -43,13 +46,33 @@ def repeated_triplets(index: FaceDataIndex, count: int) -> Triplets:
     return Triplets(base.anchor[take], base.positive[take], base.negative[take], base.twin_negative[take])
 
 
-def measure(size: str, device: torch.device, batch_size: int, steps: int, workers: int, folder: Path) -> dict:
+class NeedsCudaError(ExpectedError, RuntimeError):
+    """An option that only means something on a CUDA GPU was asked for without one."""
+
+    exit_code = EXIT_USAGE
+
+
+def benchmark_config(size: str, device: torch.device, batch_size: int, workers: int, folder: Path,
+                     precision: str = "auto", **overrides) -> TrainConfig:
+    """A training config of `size` on synthetic crops written into `folder` (once per crop size)."""
     spec = SIZES[size]
-    data = write_synthetic_extraction(folder / f"data{spec['crop']}", families=8, images_per_person=4,
-                                      crop=spec["crop"])
-    config = TrainConfig(adaface_checkpoint="none", part_backbone=spec["part_backbone"], part_weights="none",
-                         batch_size=batch_size, num_workers=workers, progress=False, device=str(device),
-                         output_dir=str(folder / "run"), **{k: str(v) for k, v in data.items()})
+    data_folder = folder / f"data{spec['crop']}"
+    if (data_folder / "face_parts_dataset.json").is_file():
+        data = {"face_parts_dataset_path": data_folder / "face_parts_dataset.json",
+                "tensor_dataset_path": data_folder / "tensor_dataset.json",
+                "twin_pairs_path": data_folder / "twin_pairs.json"}
+    else:
+        data = write_synthetic_extraction(data_folder, families=8, images_per_person=4, crop=spec["crop"])
+    return TrainConfig(**{**dict(adaface_checkpoint="none", part_backbone=spec["part_backbone"], part_weights="none",
+                                 batch_size=batch_size, num_workers=workers, progress=False, device=str(device),
+                                 precision=precision, output_dir=str(folder / "run"),
+                                 **{k: str(v) for k, v in data.items()}), **overrides})
+
+
+def measure(size: str, device: torch.device, batch_size: int, steps: int, workers: int, folder: Path,
+            precision: str = "auto") -> dict:
+    config = benchmark_config(size, device, batch_size, workers, folder, precision)
+    data = {k: getattr(config, k) for k in ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path")}
     index = FaceDataIndex.load(*(Path(data[k]) for k in ("face_parts_dataset_path", "tensor_dataset_path",
                                                          "twin_pairs_path")))
     context = distributed.Context(device=device)
@@ -70,7 +93,9 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
         torch.cuda.reset_peak_memory_stats(device)
     stats = run(steps)
     step_seconds = batch_size / stats["triplets_per_second"]
-    result = {"size": size, "device": str(device), "batch": batch_size, "triplets_per_second": stats["triplets_per_second"],
+    result = {"size": size, "device": str(device), "batch": batch_size, "precision": precision,
+              "triplets_per_second": stats["triplets_per_second"],
+              "part_images_per_second": stats["part_images_per_second"],
               "step_ms": 1000 * step_seconds, "data_wait_ms": 1000 * step_seconds * stats["data_wait_fraction"],
               "compute_ms": 1000 * step_seconds * (1 - stats["data_wait_fraction"])}
     if device.type == "cuda":
@@ -84,6 +109,37 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     return result
 
 
+def largest_batch(size: str, device: torch.device, start: int, steps: int, workers: int, folder: Path,
+                  precision: str) -> dict:
+    """Measure at `start`, doubling the batch until the GPU runs out of memory; the largest that ran."""
+    if device.type != "cuda":
+        raise NeedsCudaError(f"--largest-batch needs a CUDA device (got {device}): it doubles the batch until "
+                             "GPU memory runs out")
+    best, batch = None, start
+    while True:
+        try:
+            best = measure(size, device, batch, steps, workers, folder, precision)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if best is None:
+                raise
+            return {**best, "out_of_memory_at": batch}
+        print(f"  batch {batch}: {best['part_images_per_second']:.0f} part-images/s, "
+              f"{best['peak_memory_gib']:.1f} GiB", flush=True)
+        batch *= 2
+
+
+def training_run(size: str, device: torch.device, batch_size: int, workers: int, folder: Path, precision: str,
+                 epochs: int) -> dict:
+    """`epochs` whole epochs of `run_training` (validation and checkpoints included) on synthetic crops."""
+    config = benchmark_config(size, device, batch_size, workers, folder, precision, num_epochs=epochs,
+                              output_dir=str(folder / f"training_run_{size}"), early_stopping_patience=0)
+    started = time.perf_counter()
+    history = run_training(config)["history"]
+    return {"size": size, "device": str(device), "epochs": len(history), "seconds": time.perf_counter() - started,
+            "part_images_per_second": history[-1]["part_images_per_second"], "train_loss": history[-1]["train_loss"]}
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -92,7 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 64 on CUDA")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 4 on CPU, 30 on CUDA)")
     parser.add_argument("--workers", type=int, default=None, help="loader processes (default: 1 CPU, 8 CUDA)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="autocast precision, as in training (default: auto: bf16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--largest-batch", action="store_true",
+                        help="CUDA only: double the batch from --batch-size until memory runs out; report the largest")
+    parser.add_argument("--training-run", type=int, metavar="EPOCHS",
+                        help="instead of timed steps, run this many whole epochs of training (validation and "
+                             "checkpoints included) and report their time")
     args = parser.parse_args(argv)
+    if args.training_run is not None and args.training_run < 1:
+        parser.error("--training-run must be at least 1")
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}; {torch.get_num_threads()} CPU threads"
           + (f"; {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
@@ -101,12 +166,25 @@ def main(argv: list[str] | None = None) -> int:
             device = torch.device(device_name)
             cuda = device.type == "cuda"
             started = time.perf_counter()
-            result = measure(size, device, args.batch_size or (64 if cuda else 8), args.steps or (30 if cuda else 4),
-                             args.workers if args.workers is not None else (8 if cuda else 1), Path(folder))
+            batch = args.batch_size or (64 if cuda else 8)
+            steps = args.steps or (30 if cuda else 4)
+            workers = args.workers if args.workers is not None else (8 if cuda else 1)
+            if args.training_run is not None:
+                run = training_run(size, device, batch, workers, Path(folder), args.precision, args.training_run)
+                print(f"{size:5s} {run['device']:6s} training run: {run['epochs']} epochs in {run['seconds']:.1f} s, "
+                      f"{run['part_images_per_second']:.0f} part-images/s in the last, train loss "
+                      f"{run['train_loss']:.4f}")
+                continue
+            if args.largest_batch:
+                result = largest_batch(size, device, batch, steps, workers, Path(folder), args.precision)
+            else:
+                result = measure(size, device, batch, steps, workers, Path(folder), args.precision)
             share = f", {100 * result['share_of_peak']:.1f}% of bf16 peak" if "share_of_peak" in result else ""
-            print(f"{size:5s} {result['device']:6s} batch {result['batch']:3d}: {result['triplets_per_second']:8.1f} "
-                  f"triplets/s | step {result['step_ms']:8.1f} ms = data wait {result['data_wait_ms']:7.1f} + compute "
-                  f"{result['compute_ms']:8.1f} | peak memory {result['peak_memory_gib']:.2f} GiB{share} "
+            limit = f" (out of memory at {result['out_of_memory_at']})" if "out_of_memory_at" in result else ""
+            print(f"{size:5s} {result['device']:6s} {result['precision']} batch {result['batch']:3d}{limit}: "
+                  f"{result['triplets_per_second']:8.1f} triplets/s, {result['part_images_per_second']:8.0f} "
+                  f"part-images/s | step {result['step_ms']:8.1f} ms = data wait {result['data_wait_ms']:7.1f} + "
+                  f"compute {result['compute_ms']:8.1f} | peak memory {result['peak_memory_gib']:.2f} GiB{share} "
                   f"({time.perf_counter() - started:.0f} s)")
 
     return 0

@@ -1,0 +1,37 @@
+"""The training benchmark: precision, the largest-batch search (CUDA only) and whole training runs."""
+
+import re
+
+import pytest
+
+import benchmark_training
+from conftest import REPO
+
+
+def test_timed_steps_report_part_images_per_second_at_the_asked_precision(capsys):
+    assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--steps", "1", "--batch-size", "2",
+                                    "--precision", "fp32"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "small cpu    fp32 batch   2" in line and re.search(r"\d+ part-images/s", line)
+
+
+def test_largest_batch_without_cuda_is_a_usage_error(capsys):
+    assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--largest-batch"]) == 2
+    assert "--largest-batch needs a CUDA device" in capsys.readouterr().err
+
+
+def test_a_training_run_reports_its_epochs(capsys):
+    assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--batch-size", "2",
+                                    "--training-run", "1"]) == 0
+    assert re.search(r"training run: 1 epochs in [\d.]+ s, \d+ part-images/s", capsys.readouterr().out)
+
+
+def test_every_benchmark_flag_the_gpu_check_uses_exists(capsys):
+    lines = (REPO / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ").splitlines()  # join continuations
+    calls = [line.split("benchmark_training.py", 1)[1] for line in lines if "benchmark_training.py" in line]
+    used = set(re.findall(r"--[a-z][a-z-]+", " ".join(calls)))
+    with pytest.raises(SystemExit):
+        benchmark_training.main(["--help"])
+    offered = set(re.findall(r"--[a-z][a-z-]+", capsys.readouterr().out))
+    assert {"--precision", "--largest-batch", "--training-run"} <= used  # the continuation lines are read too
+    assert used <= offered, used - offered
