@@ -4,6 +4,7 @@
     python benchmark_training.py --devices cuda --batch-size 64 --sizes full --precision bf16
     python benchmark_training.py --devices cuda --sizes full --largest-batch   # doubles the batch until memory runs out
     python benchmark_training.py --devices cuda --sizes full --training-run 2  # whole epochs of run_training
+    python benchmark_training.py --sizes full --loader-only --workers 2         # what the loader alone delivers
 
 Steps run through the real training code (`train_one_epoch`: loader workers, crop
 decoding, augmentation, autocast, optimiser) on crops written in the extractor's
@@ -30,7 +31,7 @@ import distributed
 from cli_errors import EXIT_USAGE, ExpectedError, cli_main
 from synthetic_extraction import write_synthetic_extraction
 from train_config import PRECISIONS, TrainConfig
-from train_twin_verification import run_training
+from train_twin_verification import epoch_batches, run_training
 from model_runner import autocast_dtype, build_model, grad_scaler, make_loader, uses_channels_last
 from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
@@ -140,6 +141,28 @@ def training_run(size: str, device: torch.device, batch_size: int, workers: int,
             "part_images_per_second": history[-1]["part_images_per_second"], "train_loss": history[-1]["train_loss"]}
 
 
+def loader_throughput(size: str, batch_size: int, workers: int, folder: Path, epochs: int = 3) -> dict:
+    """Part-images per second that the training loader alone delivers (default sampler, decoding
+    and augmentation included, no model), over `epochs` epochs after a warm-up batch."""
+    config = benchmark_config(size, torch.device("cpu"), batch_size, workers, folder)
+    index = FaceDataIndex.load(*(Path(getattr(config, k)) for k in ("face_parts_dataset_path", "tensor_dataset_path",
+                                                                     "twin_pairs_path")))
+    cache = torch.randn(len(index.images), 1, 512)
+    context = distributed.Context(device=torch.device("cpu"))
+    part_images, seconds = 0, 0.0
+    for epoch in range(epochs):
+        batches = iter(epoch_batches(index, index.persons, cache, config, context, epoch)[0])
+        next(batches)  # warm-up: loader processes start, first files opened
+        started = time.perf_counter()
+        for batch in batches:
+            parts = batch["parts"] if "parts" in batch else batch["anchor_parts"]
+            part_images += parts.shape[0] * parts.shape[1] * (1 if "parts" in batch else 3)
+        seconds += time.perf_counter() - started
+    rate = part_images / max(seconds, 1e-9)
+    return {"size": size, "workers": workers, "part_images_per_second": rate,
+            "per_process": rate / max(1, workers), "part_images": part_images}
+
+
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -152,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="autocast precision, as in training (default: auto: bf16 on CUDA, fp32 on CPU)")
     parser.add_argument("--largest-batch", action="store_true",
                         help="CUDA only: double the batch from --batch-size until memory runs out; report the largest")
+    parser.add_argument("--loader-only", action="store_true",
+                        help="time the training loader alone (decoding and augmentation, no model): part-images/s")
     parser.add_argument("--training-run", type=int, metavar="EPOCHS",
                         help="instead of timed steps, run this many whole epochs of training (validation and "
                              "checkpoints included) and report their time")
@@ -169,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
             batch = args.batch_size or (64 if cuda else 8)
             steps = args.steps or (30 if cuda else 4)
             workers = args.workers if args.workers is not None else (8 if cuda else 1)
+            if args.loader_only:
+                run = loader_throughput(size, batch, workers, Path(folder))
+                print(f"{size:5s} loader alone, {workers} loader process(es): {run['part_images_per_second']:.0f} "
+                      f"part-images/s ({run['per_process']:.0f} per process) over {run['part_images']} part-images")
+                continue
             if args.training_run is not None:
                 run = training_run(size, device, batch, workers, Path(folder), args.precision, args.training_run)
                 print(f"{size:5s} {run['device']:6s} training run: {run['epochs']} epochs in {run['seconds']:.1f} s, "

@@ -26,6 +26,12 @@ def test_a_training_run_reports_its_epochs(capsys):
     assert re.search(r"training run: 1 epochs in [\d.]+ s, \d+ part-images/s", capsys.readouterr().out)
 
 
+def test_the_loader_alone_reports_part_images_per_second(capsys):
+    assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--batch-size", "2", "--workers", "0",
+                                    "--loader-only"]) == 0
+    assert re.search(r"loader alone, 0 loader process\(es\): \d+ part-images/s", capsys.readouterr().out)
+
+
 def test_every_benchmark_flag_the_gpu_check_uses_exists(capsys):
     lines = (REPO / "scripts" / "gpu_check.sh").read_text().replace("\\\n", " ").splitlines()  # join continuations
     calls = [line.split("benchmark_training.py", 1)[1] for line in lines if "benchmark_training.py" in line]
