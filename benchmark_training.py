@@ -17,6 +17,7 @@ about 402 GFLOP per full-size triplet (forward + backward) and the GPU's bf16 pe
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import resource
 import tempfile
@@ -53,17 +54,17 @@ class NeedsCudaError(ExpectedError, RuntimeError):
     exit_code = EXIT_USAGE
 
 
+@functools.cache
+def synthetic_data(folder: Path, crop: int) -> dict[str, Path]:
+    """Crops in the extractor's format, written once per folder and crop size in a run."""
+    return write_synthetic_extraction(folder, families=8, images_per_person=4, crop=crop)
+
+
 def benchmark_config(size: str, device: torch.device, batch_size: int, workers: int, folder: Path,
                      precision: str = "auto", **overrides) -> TrainConfig:
     """A training config of `size` on synthetic crops written into `folder` (once per crop size)."""
     spec = SIZES[size]
-    data_folder = folder / f"data{spec['crop']}"
-    if (data_folder / "face_parts_dataset.json").is_file():
-        data = {"face_parts_dataset_path": data_folder / "face_parts_dataset.json",
-                "tensor_dataset_path": data_folder / "tensor_dataset.json",
-                "twin_pairs_path": data_folder / "twin_pairs.json"}
-    else:
-        data = write_synthetic_extraction(data_folder, families=8, images_per_person=4, crop=spec["crop"])
+    data = synthetic_data(folder / f"data{spec['crop']}", spec["crop"])
     return TrainConfig(**{**dict(adaface_checkpoint="none", part_backbone=spec["part_backbone"], part_weights="none",
                                  batch_size=batch_size, num_workers=workers, progress=False, device=str(device),
                                  precision=precision, output_dir=str(folder / "run"),

@@ -119,12 +119,14 @@ def global_cache(model: TwinVerificationModel, index: FaceDataIndex, config: Tra
     key = runner.global_cache_key(model, index, 1 + (config.face_augment_views if config.augment else 0),
                                   config.seed)
     path = cache_dir / "global_embeddings.pt"
-    if context.is_main and runner.load_global_cache(path, key) is None:
+    embeddings = runner.load_global_cache(path, key) if context.is_main else None
+    if context.is_main and embeddings is None:
         embeddings = runner.global_embeddings(model, index, np.arange(len(index.images)), key["views"] - 1,
                                               config.seed, context.device, config.num_workers, config.progress)
         torch_save_atomic({"key": key, "embeddings": embeddings}, path)
     distributed.barrier(context)
-    return torch.load(path, weights_only=True)["embeddings"]
+    # The main process keeps what it read or computed; the others read the file once it is there.
+    return embeddings if embeddings is not None else torch.load(path, map_location="cpu", weights_only=True)["embeddings"]
 
 
 # ---- one epoch of training --------------------------------------------------------------

@@ -390,11 +390,6 @@ def crops_to_tensor(crops_rgb: np.ndarray, rng: np.random.Generator | None, stre
     return torch.from_numpy(np.ascontiguousarray(crops_rgb)).permute(0, 3, 1, 2).contiguous()
 
 
-def load_parts(record: ImageRecord, rng: np.random.Generator | None, strength: float = 1.0) -> torch.Tensor:
-    """uint8 `5×3×S×S` RGB crops of one image from its files, augmented when `rng` is given."""
-    return crops_to_tensor(read_record_crops_rgb(record), rng, strength)
-
-
 class TripletDataset(Dataset):
     """Item `i` of an epoch's triplets: uint8 parts and cached global embeddings of the three images."""
 

@@ -84,7 +84,7 @@ def build_cases(root: Path, data: dict[str, Path], run_dir: Path, adaface_file: 
 
     root.mkdir(parents=True, exist_ok=True)
     config = run_dir / "config.json"
-    best, latest = run_dir / "checkpoints" / "best.pth", run_dir / "checkpoints" / "latest.pth"
+    best = run_dir / "checkpoints" / "best.pth"
     train = ["--config", str(config)]
     cases: dict[str, Case] = {}
 

@@ -151,7 +151,7 @@ def test_missing_crop_is_named(index, tmp_path):
     broken = td.ImageRecord(record.person, record.key, (tmp_path / "gone.bmp",) + record.part_paths[1:],
                             record.tensor_path)
     with pytest.raises(td.DataIndexError, match="gone.bmp"):
-        td.load_parts(broken, None)
+        td.read_record_crops_rgb(broken)
 
 
 def brute_force_kinds(person, siblings_of):
