@@ -174,7 +174,10 @@ def test_changed_settings_refuse_to_resume(finished_run):
         train.run_training(replace(config, learning_rate=0.5))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every_steps", [1, 1000])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch,
+                                                                  log_every_steps):
+    """The loss is checked where values are read anyway: at the next log step, else at the end of the epoch."""
     config = tiny_train_config(synthetic_data, tmp_path / "nan", num_epochs=3)
     train.run_training(replace(config, stop_after_epochs=1))
     good = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
@@ -185,11 +188,61 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data
         return result._replace(loss=result.loss * float("nan"))
 
     monkeypatch.setattr(train.mining, "mined_loss", poisoned)
-    with pytest.raises(train.NonFiniteLossError, match="latest.pth"):
-        train.run_training(config)
+    with pytest.raises(train.NonFiniteLossError, match="latest.pth") as error:
+        train.run_training(replace(config, log_every_steps=log_every_steps))
+    steps = good["global_step"]  # the steps of one epoch
+    last = steps + 1 if log_every_steps == 1 else 2 * steps
+    assert f"epoch 2, in global steps {steps + 1}..{last}" in str(error.value)
     kept = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
     assert kept["epoch"] == 1
     assert all(torch.equal(v, kept["model_state_dict"][k]) for k, v in good["model_state_dict"].items())
+
+
+def one_epoch_setup(data, output, **overrides):
+    """The config, model, optimiser, scheduler, scaler and epoch-0 loader that `train_one_epoch`
+    takes, built as `run_training` builds them (CPU, one process)."""
+    import model_runner as runner
+    from triplet_dataset import FaceDataIndex
+
+    config = tiny_train_config(data, output, **overrides)
+    index = FaceDataIndex.load(data["face_parts_dataset_path"], data["tensor_dataset_path"], data["twin_pairs_path"])
+    model = runner.build_model(config)
+    cache = torch.randn(len(index.images), 2, model.global_dim)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = runner.grad_scaler(torch.device("cpu"), None)
+    loader, _ = train.epoch_batches(index, index.persons, cache, config, train.distributed.Context(), 0)
+    return config, model, optimizer, scheduler, scaler, loader
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__")
+DEVICE_SIDE_MODULES = {"train_twin_verification", "mining", "model_runner", "distributed"}
+
+
+@pytest.mark.parametrize("sampler, loss", [("families", "batch_all"), ("families", "batch_hard"),
+                                           ("triplets", "triplet")])
+def test_host_reads_do_not_grow_with_the_steps_of_an_epoch(synthetic_data, tmp_path, monkeypatch, sampler, loss):
+    """Values come back to the host at log steps and at the end of the epoch only (on a GPU each
+    read waits for every queued step): an epoch of 6 steps reads as often as one of 2."""
+    config, model, optimizer, scheduler, scaler, loader = one_epoch_setup(
+        synthetic_data, tmp_path, log_every_steps=1000, sampler=sampler, loss=loss)
+    batch = next(iter(loader))
+    reads = []
+    for name in HOST_READS:
+        def counted(tensor, *args, _real=getattr(torch.Tensor, name), _name=name):
+            if sys._getframe(1).f_globals.get("__name__") in DEVICE_SIDE_MODULES:
+                reads.append(_name)
+            return _real(tensor, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = []
+    for steps in (2, 6):
+        reads.clear()
+        stats = train.train_one_epoch(model, optimizer, scheduler, scaler, [batch] * steps, config,
+                                      train.distributed.Context(), 0, None, 0)
+        assert stats["global_step"] == steps and np.isfinite(stats["train_loss"])
+        counts.append(len(reads))
+    assert counts[0] == counts[1] > 0, reads
 
 
 def test_bf16_learns_as_well_as_fp32(tmp_path):
