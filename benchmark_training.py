@@ -7,8 +7,8 @@
     python benchmark_training.py --sizes full --loader-only --workers 2         # what the loader alone delivers
 
 Steps run through the real training code (`train_one_epoch`: loader workers, crop
-decoding, augmentation, autocast, optimiser) on crops written in the extractor's
-format. "full" is the default model (five ResNet50 at 224 px, 1152 → 512 → 256); "small"
+decoding, augmentation (on the device on CUDA, as training does by default), autocast,
+optimiser) on crops written in the extractor's format. "full" is the default model (five ResNet50 at 224 px, 1152 → 512 → 256); "small"
 is the demo's (five tiny CNNs at 64 px). The frozen AdaFace is not part of a step: its
 embeddings are cached once per image. On CUDA the share of peak is computed from
 about 402 GFLOP per full-size triplet (forward + backward) and the GPU's bf16 peak.
@@ -33,7 +33,8 @@ from cli_errors import EXIT_USAGE, ExpectedError, cli_main
 from synthetic_extraction import write_synthetic_extraction
 from train_config import PRECISIONS, TrainConfig
 from train_twin_verification import epoch_batches, run_training
-from model_runner import autocast_dtype, build_model, grad_scaler, make_loader, uses_channels_last
+from model_runner import (augments_on_device, autocast_dtype, build_model, grad_scaler, make_loader,
+                          uses_channels_last)
 from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
 
@@ -86,8 +87,10 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     scaler = grad_scaler(device, autocast_dtype(config.precision, device))
     cache = torch.randn(len(index.images), 1, 512)
     config = replace(config, augment=True, sampler="triplets", loss="triplet")
+    on_device = augments_on_device(config.augment_on_device, device)
     loader = lambda count: make_loader(TripletDataset(index, repeated_triplets(index, count * batch_size), cache,
-                                                      True, config.seed, 0), batch_size, workers, device)
+                                                      True, config.seed, 0, augment_on_device=on_device),
+                                       batch_size, workers, device)
     run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, loader(count), config, context, 0,
                                         None, 0)
     run(2)  # warm-up: allocator, cuDNN autotuning, first loader start

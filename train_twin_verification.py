@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import device_augment
 import distributed
 import model_runner as runner
 import verification_pairs as vp
@@ -139,17 +140,20 @@ def epoch_batches(index, persons: list[str], cache, config: TrainConfig, context
                   epoch: int):
     """This process's loader for one epoch, and its number of steps (a function of seed and epoch)."""
     device = context.device
+    on_device = runner.augments_on_device(config.augment_on_device, device)
     if config.sampler == "families":
         batches = epoch_family_batches(index, persons, config.families_per_batch, config.images_per_identity,
                                        config.seed, epoch, context.rank, context.world_size, config.virtual_twins)
-        dataset = FamilyBatchDataset(index, batches, cache, config.augment, config.seed, epoch, config.augment_strength)
+        dataset = FamilyBatchDataset(index, batches, cache, config.augment, config.seed, epoch, config.augment_strength,
+                                     on_device)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=family_batch_positions(batches),
                                              num_workers=config.num_workers, pin_memory=device.type == "cuda")
         return loader, len(batches)
     triplets = epoch_triplets(index, persons, config.negative_strategy, config.twin_negative_fraction,
                               config.curriculum_switch_epoch, config.seed, epoch)
     positions = rank_positions(len(triplets), context.rank, context.world_size)
-    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
+    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength,
+                             on_device)
     loader = runner.make_loader(torch.utils.data.Subset(dataset, positions.tolist()), config.batch_size,
                                 config.num_workers, device)
     return loader, epoch_steps(len(triplets), context.world_size, config.batch_size)
@@ -162,14 +166,31 @@ def step_statistics(device: torch.device, *values: torch.Tensor | float) -> torc
                         else torch.full((), v, dtype=torch.float64, device=device) for v in values])
 
 
-def batch_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig, device: torch.device, dtype,
-               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step's loss and its `step_statistics`, for either sampler. Every image is encoded once."""
-    if config.sampler == "families":
-        parts_uint8, global_embedding = batch["parts"], batch["global"].to(device, non_blocking=True)
-    else:
-        parts_uint8 = torch.cat([batch[f"{r}_parts"] for r in ROLES])
-        global_embedding = torch.cat([batch[f"{r}_global"].to(device, non_blocking=True) for r in ROLES])
+def step_tensor(batch: dict[str, torch.Tensor], key: str, sampler: str, device: torch.device) -> torch.Tensor:
+    """A batch's `key` on `device`, for pre-drawn triplets the anchors', positives' and negatives' in turn."""
+    if sampler == "families":
+        return batch[key].to(device, non_blocking=True)
+    return torch.cat([batch[f"{role}_{key}"].to(device, non_blocking=True) for role in ROLES])
+
+
+def step_parts(batch: dict[str, torch.Tensor], sampler: str, device: torch.device) -> torch.Tensor:
+    """The step's uint8 part crops `B×R×3×S×S` on `device`, augmented: there, when the loader sent
+    each crop's parameters (`augment_params`), else already by the loader on the CPU.
+
+    Only the part crops: the global branch's augmentation is a cached view of the aligned face."""
+    parts = step_tensor(batch, "parts", sampler, device)
+    if "augment_params" not in batch and "anchor_augment_params" not in batch:
+        return parts
+    # kept on the CPU: `augment_batch` reads them there without waiting for the device
+    params = step_tensor(batch, "augment_params", sampler, torch.device("cpu"))
+    return device_augment.augment_batch(parts.flatten(0, 1), params.flatten(0, 1)).view(parts.shape)
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor], parts_uint8: torch.Tensor, config: TrainConfig,
+               device: torch.device, dtype, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's loss and its `step_statistics`, for either sampler, from the step's augmented
+    crops (`step_parts`). Every image is encoded once."""
+    global_embedding = step_tensor(batch, "global", config.sampler, device)
     parts = runner.parts_to_device(parts_uint8, device, channels_last, config.region_names)
     with runner.autocast(device, dtype):
         embedding = model(None, parts, global_embedding=global_embedding).embedding
@@ -220,7 +241,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainC
     tick = time.perf_counter()
     for batch in runner.progress_bar(batches, config.progress, f"epoch {epoch + 1}/{config.num_epochs}"):
         ready = time.perf_counter()
-        loss, step = batch_loss(model, batch, config, device, dtype, channels_last)
+        parts = step_parts(batch, config.sampler, device)
+        loss, step = batch_loss(model, batch, parts, config, device, dtype, channels_last)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip_norm > 0:
@@ -241,7 +263,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainC
                 log_step(writer, step_loss_sum / context.world_size, step.tolist(), scheduler.get_last_lr()[0],
                          global_step)
         if writer is not None and first_batch:
-            write_crop_grid(writer, batch["parts" if config.sampler == "families" else "anchor_parts"], global_step)
+            write_crop_grid(writer, parts if config.sampler == "families" else parts[:len(batch["twin_negative"])],
+                            global_step)
             first_batch = False
         done = time.perf_counter()
         data_seconds += ready - tick
@@ -272,10 +295,11 @@ def log_step(writer, step_loss: float, step: list[float], learning_rate: float, 
 
 
 def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
-    """A few anchors' region crops as one image (rows: images, columns: regions)."""
+    """A few anchors' region crops as the model sees them, augmented, as one image (rows: images,
+    columns: regions)."""
     import torchvision
 
-    shown = parts_uint8[:8]
+    shown = parts_uint8[:8].cpu()
     grid = torchvision.utils.make_grid(shown.flatten(0, 1), nrow=parts_uint8.shape[1], padding=2)
     writer.add_image("train/part_crops", grid, step)
 

@@ -139,7 +139,7 @@ def test_mining_runs_on_a_meta_device_without_host_synchronisation(name):
     """Every op exists for tensors on another device (here `meta`, standing in for CUDA): nothing
     reads a value back to the host, so a training step never waits for the GPU."""
     embeddings = torch.empty((8, 6), device="meta", requires_grad=True)
-    identity, family = torch.empty(8, dtype=torch.int64, device="meta"), torch.empty(8, dtype=torch.int64, device="meta")
+    identity, family = (torch.empty(8, dtype=torch.int64, device="meta") for _ in range(2))
     result = mining.mined_loss(name, embeddings, identity, family, 0.5)
     for value in result:
         assert value.device.type == "meta" and value.dim() == 0

@@ -140,6 +140,42 @@ def test_resume_with_pre_drawn_triplets_too(synthetic_data, tmp_path):
     assert straight["history"][0]["images_encoded"] == 3 * straight["history"][0]["triplets"] > 0
 
 
+def test_resume_with_packed_crops_and_augmentation_on_the_device(tmp_path, monkeypatch):
+    from packed_crops import pack_extraction
+    from synthetic_extraction import write_synthetic_extraction
+    from triplet_dataset import FaceDataIndex
+
+    data = write_synthetic_extraction(tmp_path / "data")
+    pack_extraction(data["face_parts_dataset_path"])
+    assert FaceDataIndex.load(*(data[k] for k in ("face_parts_dataset_path", "tensor_dataset_path",
+                                                  "twin_pairs_path"))).packed is not None
+    augmented = []
+    real_augment = train.device_augment.augment_batch
+    monkeypatch.setattr(train.device_augment, "augment_batch",
+                        lambda crops, params: augmented.append(len(crops)) or real_augment(crops, params))
+    config = tiny_train_config(data, tmp_path / "straight", num_epochs=2, augment_on_device="on")
+    straight = train.run_training(config)
+    assert augmented and sum(augmented) == 5 * sum(r["images_encoded"] for r in straight["history"])
+    interrupted = replace(config, output_dir=str(tmp_path / "resumed"), stop_after_epochs=1)
+    assert train.run_training(interrupted)["epoch"] == 1
+    resumed = train.run_training(replace(interrupted, stop_after_epochs=0))
+    assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in resumed["history"]]
+    weights = [torch.load(tmp_path / run / "checkpoints" / "latest.pth", weights_only=True)["model_state_dict"]
+               for run in ("straight", "resumed")]
+    assert all(torch.equal(value, weights[1][key]) for key, value in weights[0].items())
+
+
+def test_runs_from_before_a_key_existed_resume_as_they_ran(finished_run, tmp_path):
+    """A saved config without `augment_on_device` augmented in the loader."""
+    config, _, _ = finished_run
+    config = config.with_absolute_data_paths()
+    saved = {k: v for k, v in config.to_dict().items() if k != "augment_on_device"}
+    train.check_resumable(saved, replace(config, augment_on_device="off"), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match="augment_on_device: 'off' → 'on'"):
+        train.check_resumable(saved, replace(config, augment_on_device="on"), tmp_path / "latest.pth")
+    assert TrainConfig.from_dict(saved).augment_on_device == "auto"
+
+
 def test_time_to_accuracy_records_the_first_crossing_only():
     state = {"images_encoded": 100, "seconds": 2.0, "time_to_twin_eer": {"0.2": None, "0.1": None}}
     train.record_time_to_accuracy(state, 0.25, 1)
@@ -217,6 +253,43 @@ def one_epoch_setup(data, output, **overrides):
 
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__")
 DEVICE_SIDE_MODULES = {"train_twin_verification", "mining", "model_runner", "distributed"}
+
+
+class RecordingWriter:
+    """Stands in for TensorBoard's SummaryWriter: keeps what it is given."""
+
+    def __init__(self):
+        self.images, self.scalars = {}, {}
+
+    def add_image(self, tag, image, step):
+        self.images[tag] = image
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append(value)
+
+
+@pytest.mark.parametrize("augment_on_device", ["off", "on"])
+def test_the_crop_grid_shows_the_crops_as_augmented(synthetic_data, tmp_path, augment_on_device):
+    import torchvision
+
+    config, model, optimizer, scheduler, scaler, loader = one_epoch_setup(
+        synthetic_data, tmp_path, augment_on_device=augment_on_device, augment_strength=1.0)
+    batch = next(iter(loader))
+    plain = next(iter(one_epoch_setup(synthetic_data, tmp_path, augment=False)[-1]))["parts"]
+    if augment_on_device == "on":
+        assert torch.equal(batch["parts"], plain)  # the step augments them
+        augmented = train.device_augment.augment_batch(batch["parts"].flatten(0, 1),
+                                                       batch["augment_params"].flatten(0, 1)).view(plain.shape)
+    else:
+        assert "augment_params" not in batch
+        augmented = batch["parts"]
+    writer = RecordingWriter()
+    train.train_one_epoch(model, optimizer, scheduler, scaler, [batch], config, train.distributed.Context(), 0,
+                          writer, 0)
+    grid = lambda parts: torchvision.utils.make_grid(parts[:8].flatten(0, 1), nrow=5, padding=2)
+    shown = writer.images["train/part_crops"]
+    assert torch.equal(shown, grid(augmented)) and not torch.equal(shown, grid(plain))
+    assert writer.scalars["train/batch_loss"] and np.isfinite(writer.scalars["train/batch_loss"][0])
 
 
 @pytest.mark.parametrize("sampler, loss", [("families", "batch_all"), ("families", "batch_hard"),
