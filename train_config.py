@@ -35,7 +35,7 @@ LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool"
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
-                              "target_twin_far", "trust_checkpoint", "activation_checkpointing"})
+                              "target_twin_far", "trust_checkpoint", "activation_checkpointing", "compile"})
 
 
 class ConfigError(ExpectedError, ValueError):
@@ -140,6 +140,9 @@ class TrainConfig:
     activation_checkpointing: bool = _key("recompute the part trunks' activations in the backward pass instead "
                                           "of keeping them: same results, far less memory, about a third "
                                           "more compute (for larger batches on one GPU)", default=False)
+    compile: bool = _key("compile the training steps' forward with torch.compile: faster steps on a GPU, after "
+                         "slow first ones (minutes at full size; again for each new batch shape). Checkpoints are "
+                         "the same", default=False)
     early_stopping_patience: int = _key("stop after this many epochs without a better validation twin "
                                         "EER; 0 = never", default=15)
     target_twin_far: float = _key("the decision threshold stored in best.pth accepts at most this share of "

@@ -498,10 +498,14 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             print(f"{output}: training already finished ({state['finished']}); best model in {checkpoints / 'best.pth'}")
         return state
 
-    ddp_model = model
+    # What the training steps call; validation and the checkpoints use `model` itself, so the
+    # saved keys stay those of the model (no `module.` or `_orig_mod.` prefix)
+    training_model = model
     if context.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
+        training_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+    if config.compile:
+        training_model = torch.compile(training_model)
     validator = Validator(index, split["val"], config)
     crop_size = int(read_crop_rgb(index.images[0].part_paths[0]).shape[0])  # inference cuts crops this size
     writer = None
@@ -522,7 +526,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             epoch = state["epoch"]
             epoch_started = time.perf_counter()
             batches, _steps = epoch_batches(index, split["train"], cache, config, context, epoch)
-            stats = train_one_epoch(ddp_model, optimizer, scheduler, scaler, batches, config, context, epoch, writer,
+            stats = train_one_epoch(training_model, optimizer, scheduler, scaler, batches, config, context, epoch, writer,
                                     state["global_step"])
             state["global_step"] = stats.pop("global_step")
             validation = validator(model, cache[:, 0], context)

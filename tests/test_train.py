@@ -166,14 +166,37 @@ def test_resume_with_packed_crops_and_augmentation_on_the_device(tmp_path, monke
 
 
 def test_runs_from_before_a_key_existed_resume_as_they_ran(finished_run, tmp_path):
-    """A saved config without `augment_on_device` augmented in the loader."""
+    """A saved config without `augment_on_device` augmented in the loader; one without `compile`
+    did not compile (which may change between resumes anyway)."""
     config, _, _ = finished_run
     config = config.with_absolute_data_paths()
-    saved = {k: v for k, v in config.to_dict().items() if k != "augment_on_device"}
-    train.check_resumable(saved, replace(config, augment_on_device="off"), tmp_path / "latest.pth")
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("augment_on_device", "compile")}
+    train.check_resumable(saved, replace(config, augment_on_device="off", compile=True), tmp_path / "latest.pth")
     with pytest.raises(ConfigError, match="augment_on_device: 'off' → 'on'"):
         train.check_resumable(saved, replace(config, augment_on_device="on"), tmp_path / "latest.pth")
-    assert TrainConfig.from_dict(saved).augment_on_device == "auto"
+    assert TrainConfig.from_dict(saved).augment_on_device == "auto" and not TrainConfig.from_dict(saved).compile
+
+
+def test_compile_wraps_the_training_steps_and_checkpoints_keep_the_models_keys(synthetic_data, tmp_path,
+                                                                               monkeypatch):
+    """torch.compile (here with the eager backend: traced, nothing generated) wraps what the steps
+    call, only when asked; checkpoints hold the model's own keys, not the wrapper's `_orig_mod.` ones."""
+    real_compile, compiled = torch.compile, []
+
+    def recording(module, **settings):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", recording)
+    plain = train.run_training(tiny_train_config(synthetic_data, tmp_path / "plain", num_epochs=1))
+    assert compiled == []
+    result = train.run_training(tiny_train_config(synthetic_data, tmp_path / "compiled", num_epochs=1, compile=True))
+    assert len(compiled) == 1 and isinstance(compiled[0], TwinVerificationModel)
+    assert result["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"], rel=1e-5)
+    keys = {run: torch.load(tmp_path / run / "checkpoints" / "latest.pth", weights_only=True)["model_state_dict"].keys()
+            for run in ("plain", "compiled")}
+    assert keys["compiled"] == keys["plain"] and not any("_orig_mod" in k for k in keys["compiled"])
+    TwinVerificationModel.from_checkpoint(tmp_path / "compiled" / "checkpoints" / "best.pth")  # strict keys
 
 
 def test_time_to_accuracy_records_the_first_crossing_only():
