@@ -12,7 +12,7 @@ import torch
 
 import train_twin_verification as train
 from combined_model import TwinVerificationModel
-from conftest import REPO, tiny_train_config
+from conftest import REPO, one_epoch_setup, tiny_train_config
 from train_config import ConfigError, TrainConfig, parse_config
 
 
@@ -255,23 +255,6 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data
     kept = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
     assert kept["epoch"] == 1
     assert all(torch.equal(v, kept["model_state_dict"][k]) for k, v in good["model_state_dict"].items())
-
-
-def one_epoch_setup(data, output, **overrides):
-    """The config, model, optimiser, scheduler, scaler and epoch-0 loader that `train_one_epoch`
-    takes, built as `run_training` builds them (CPU, one process)."""
-    import model_runner as runner
-    from triplet_dataset import FaceDataIndex
-
-    config = tiny_train_config(data, output, **overrides)
-    index = FaceDataIndex.load(data["face_parts_dataset_path"], data["tensor_dataset_path"], data["twin_pairs_path"])
-    model = runner.build_model(config)
-    cache = torch.randn(len(index.images), 2, model.global_dim)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scaler = runner.grad_scaler(torch.device("cpu"), None)
-    loader, _ = train.epoch_batches(index, index.persons, cache, config, train.distributed.Context(), 0)
-    return config, model, optimizer, scheduler, scaler, loader
 
 
 HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__")
