@@ -138,7 +138,8 @@ class FamilyBatchDataset(Dataset):
     """
 
     def __init__(self, index: FaceDataIndex, batches: FamilyBatches, global_embeddings: torch.Tensor,
-                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0, augment_on_device: bool = False):
+                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0,
+                 augment_on_device: bool = False):
         self.index, self.batches, self.global_embeddings = index, batches, global_embeddings
         self.augment, self.seed, self.epoch, self.augment_strength = augment, seed, epoch, augment_strength
         self.augment_on_device = augment_on_device

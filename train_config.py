@@ -127,7 +127,8 @@ class TrainConfig:
     augment_on_device: str = _key("where part crops are augmented: on = the training device warps each batch "
                                   "(device_augment.py; the loader only draws each crop's parameters), off = the "
                                   "loader processes, on the CPU; auto = on for CUDA. Both draw from the same "
-                                  "ranges; the pixels differ", default="auto", metadata={"choices": ("auto", "on", "off")})
+                                  "ranges; the pixels differ", default="auto",
+                                  metadata={"choices": ("auto", "on", "off")})
     face_augment_views: int = _key("augmented views of each aligned face whose (frozen) global "
                                    "embeddings are cached beside the plain one; 0 = none", default=2)
     # --- optimisation ---

@@ -526,8 +526,8 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             epoch = state["epoch"]
             epoch_started = time.perf_counter()
             batches, _steps = epoch_batches(index, split["train"], cache, config, context, epoch)
-            stats = train_one_epoch(training_model, optimizer, scheduler, scaler, batches, config, context, epoch, writer,
-                                    state["global_step"])
+            stats = train_one_epoch(training_model, optimizer, scheduler, scaler, batches, config, context, epoch,
+                                    writer, state["global_step"])
             state["global_step"] = stats.pop("global_step")
             validation = validator(model, cache[:, 0], context)
             state["images_encoded"] += stats["images_encoded"]

@@ -410,7 +410,8 @@ class TripletDataset(Dataset):
     """Item `i` of an epoch's triplets: uint8 parts and cached global embeddings of the three images."""
 
     def __init__(self, index: FaceDataIndex, triplets: Triplets, global_embeddings: torch.Tensor,
-                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0, augment_on_device: bool = False):
+                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0,
+                 augment_on_device: bool = False):
         """`global_embeddings`: `N×V×512`, view 0 plain, views 1.. of augmented faces;
         `augment_on_device`: see `part_crops_sample`."""
         self.index, self.triplets = index, triplets
