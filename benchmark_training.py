@@ -5,11 +5,13 @@
     python benchmark_training.py --devices cuda --sizes full --largest-batch   # doubles the batch until memory runs out
     python benchmark_training.py --devices cuda --sizes full --training-run 2  # whole epochs of run_training
     python benchmark_training.py --sizes full --loader-only --workers 2         # what the loader alone delivers
+    python benchmark_training.py --devices cuda --sizes full --compile         # steps through torch.compile
 
 Steps run through the real training code (`train_one_epoch`: loader workers, crop
-decoding, augmentation, autocast, optimiser) on crops written in the extractor's
-format. "full" is the default model (five ResNet50 at 224 px, 1152 → 512 → 256); "small"
-is the demo's (five tiny CNNs at 64 px). The frozen AdaFace is not part of a step: its
+decoding, augmentation (on the device on CUDA, as training does by default), autocast,
+optimiser) on crops written in the extractor's format. "full" is the default model (five
+ResNet50 at 224 px, 1152 → 512 → 256); "small" is the demo's (five tiny CNNs at 64 px).
+With `--compile`, compilation happens in the untimed warm-up steps. The frozen AdaFace is not part of a step: its
 embeddings are cached once per image. On CUDA the share of peak is computed from
 about 402 GFLOP per full-size triplet (forward + backward) and the GPU's bf16 peak.
 """
@@ -33,7 +35,8 @@ from cli_errors import EXIT_USAGE, ExpectedError, cli_main
 from synthetic_extraction import write_synthetic_extraction
 from train_config import PRECISIONS, TrainConfig
 from train_twin_verification import epoch_batches, run_training
-from model_runner import autocast_dtype, build_model, grad_scaler, make_loader, uses_channels_last
+from model_runner import (augments_on_device, autocast_dtype, build_model, grad_scaler, make_loader,
+                          uses_channels_last)
 from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
 
@@ -72,7 +75,8 @@ def benchmark_config(size: str, device: torch.device, batch_size: int, workers: 
 
 
 def measure(size: str, device: torch.device, batch_size: int, steps: int, workers: int, folder: Path,
-            precision: str = "auto") -> dict:
+            precision: str = "auto", compiled: bool = False) -> dict:
+    """Timed training steps; `compiled`: through `torch.compile`, as `--compile` trains."""
     config = benchmark_config(size, device, batch_size, workers, folder, precision)
     data = {k: getattr(config, k) for k in ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path")}
     index = FaceDataIndex.load(*(Path(data[k]) for k in ("face_parts_dataset_path", "tensor_dataset_path",
@@ -86,16 +90,19 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     scaler = grad_scaler(device, autocast_dtype(config.precision, device))
     cache = torch.randn(len(index.images), 1, 512)
     config = replace(config, augment=True, sampler="triplets", loss="triplet")
+    on_device = augments_on_device(config.augment_on_device, device)
     loader = lambda count: make_loader(TripletDataset(index, repeated_triplets(index, count * batch_size), cache,
-                                                      True, config.seed, 0), batch_size, workers, device)
-    run = lambda count: train_one_epoch(model, optimizer, scheduler, scaler, loader(count), config, context, 0,
+                                                      True, config.seed, 0, augment_on_device=on_device),
+                                       batch_size, workers, device)
+    stepped = torch.compile(model) if compiled else model
+    run = lambda count: train_one_epoch(stepped, optimizer, scheduler, scaler, loader(count), config, context, 0,
                                         None, 0)
     run(2)  # warm-up: allocator, cuDNN autotuning, first loader start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     stats = run(steps)
     step_seconds = batch_size / stats["triplets_per_second"]
-    result = {"size": size, "device": str(device), "batch": batch_size, "precision": precision,
+    result = {"size": size, "device": str(device), "batch": batch_size, "precision": precision, "compiled": compiled,
               "triplets_per_second": stats["triplets_per_second"],
               "part_images_per_second": stats["part_images_per_second"],
               "step_ms": 1000 * step_seconds, "data_wait_ms": 1000 * step_seconds * stats["data_wait_fraction"],
@@ -112,7 +119,7 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
 
 
 def largest_batch(size: str, device: torch.device, start: int, steps: int, workers: int, folder: Path,
-                  precision: str) -> dict:
+                  precision: str, compiled: bool = False) -> dict:
     """Measure at `start`, doubling the batch until the GPU runs out of memory; the largest that ran."""
     if device.type != "cuda":
         raise NeedsCudaError(f"--largest-batch needs a CUDA device (got {device}): it doubles the batch until "
@@ -120,7 +127,7 @@ def largest_batch(size: str, device: torch.device, start: int, steps: int, worke
     best, batch = None, start
     while True:
         try:
-            best = measure(size, device, batch, steps, workers, folder, precision)
+            best = measure(size, device, batch, steps, workers, folder, precision, compiled)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             if best is None:
@@ -132,10 +139,11 @@ def largest_batch(size: str, device: torch.device, start: int, steps: int, worke
 
 
 def training_run(size: str, device: torch.device, batch_size: int, workers: int, folder: Path, precision: str,
-                 epochs: int) -> dict:
+                 epochs: int, compiled: bool = False) -> dict:
     """`epochs` whole epochs of `run_training` (validation and checkpoints included) on synthetic crops."""
     config = benchmark_config(size, device, batch_size, workers, folder, precision, num_epochs=epochs,
-                              output_dir=str(folder / f"training_run_{size}"), early_stopping_patience=0)
+                              output_dir=str(folder / f"training_run_{size}"), early_stopping_patience=0,
+                              compile=compiled)
     started = time.perf_counter()
     history = run_training(config)["history"]
     return {"size": size, "device": str(device), "epochs": len(history), "seconds": time.perf_counter() - started,
@@ -178,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="CUDA only: double the batch from --batch-size until memory runs out; report the largest")
     parser.add_argument("--loader-only", action="store_true",
                         help="time the training loader alone (decoding and augmentation, no model): part-images/s")
+    parser.add_argument("--compile", action="store_true",
+                        help="train through torch.compile, as training's --compile (timed steps, --largest-batch and "
+                             "--training-run; compilation is in the warm-up, or in the first epoch of a run)")
     parser.add_argument("--training-run", type=int, metavar="EPOCHS",
                         help="instead of timed steps, run this many whole epochs of training (validation and "
                              "checkpoints included) and report their time")
@@ -201,18 +212,21 @@ def main(argv: list[str] | None = None) -> int:
                       f"part-images/s ({run['per_process']:.0f} per process) over {run['part_images']} part-images")
                 continue
             if args.training_run is not None:
-                run = training_run(size, device, batch, workers, Path(folder), args.precision, args.training_run)
+                run = training_run(size, device, batch, workers, Path(folder), args.precision, args.training_run,
+                                   args.compile)
                 print(f"{size:5s} {run['device']:6s} training run: {run['epochs']} epochs in {run['seconds']:.1f} s, "
                       f"{run['part_images_per_second']:.0f} part-images/s in the last, train loss "
                       f"{run['train_loss']:.4f}")
                 continue
             if args.largest_batch:
-                result = largest_batch(size, device, batch, steps, workers, Path(folder), args.precision)
+                result = largest_batch(size, device, batch, steps, workers, Path(folder), args.precision,
+                                       args.compile)
             else:
-                result = measure(size, device, batch, steps, workers, Path(folder), args.precision)
+                result = measure(size, device, batch, steps, workers, Path(folder), args.precision, args.compile)
             share = f", {100 * result['share_of_peak']:.1f}% of bf16 peak" if "share_of_peak" in result else ""
             limit = f" (out of memory at {result['out_of_memory_at']})" if "out_of_memory_at" in result else ""
-            print(f"{size:5s} {result['device']:6s} {result['precision']} batch {result['batch']:3d}{limit}: "
+            compiled = " compiled" if result["compiled"] else ""
+            print(f"{size:5s} {result['device']:6s} {result['precision']}{compiled} batch {result['batch']:3d}{limit}: "
                   f"{result['triplets_per_second']:8.1f} triplets/s, {result['part_images_per_second']:8.0f} "
                   f"part-images/s | step {result['step_ms']:8.1f} ms = data wait {result['data_wait_ms']:7.1f} + "
                   f"compute {result['compute_ms']:8.1f} | peak memory {result['peak_memory_gib']:.2f} GiB{share} "

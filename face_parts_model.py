@@ -9,6 +9,7 @@ what torchvision's ImageNet weights were trained on.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -47,9 +48,16 @@ def part_encoder_input(crops_rgb: torch.Tensor | np.ndarray) -> torch.Tensor:
         crops_rgb = torch.from_numpy(np.ascontiguousarray(crops_rgb)).movedim(-1, -3)
     if crops_rgb.dtype != torch.uint8 or crops_rgb.shape[-3] != 3:
         raise ValueError(f"expected uint8 RGB crops …×3×S×S, got {crops_rgb.dtype} {tuple(crops_rgb.shape)}")
-    mean = torch.tensor(IMAGENET_MEAN_RGB, device=crops_rgb.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD_RGB, device=crops_rgb.device).view(3, 1, 1)
+    mean, std = _imagenet_mean_std(crops_rgb.device)
     return (crops_rgb.float() / 255.0 - mean) / std
+
+
+@functools.cache
+def _imagenet_mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's `3×1×1` mean and std on `device`, made once: a tensor made from host
+    values is a blocking copy, which would make every training step wait for the GPU."""
+    return (torch.tensor(IMAGENET_MEAN_RGB, device=device).view(3, 1, 1),
+            torch.tensor(IMAGENET_STD_RGB, device=device).view(3, 1, 1))
 
 
 def imagenet_state_dict(backbone: str, progress: bool = True) -> tuple[dict[str, torch.Tensor], str]:

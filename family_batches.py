@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from triplet_dataset import DataIndexError, FaceDataIndex, crops_to_tensor
+from triplet_dataset import DataIndexError, FaceDataIndex, part_crops_sample
 from virtual_twins import Mark, draw_marks, paint_marks
 
 _STREAM_FAMILIES, _STREAM_AUGMENT, _STREAM_VIRTUAL = 11, 12, 13
@@ -134,12 +134,15 @@ class FamilyBatchDataset(Dataset):
 
     Used with `batch_sampler=family_batch_positions(...)`, so each loader batch is one
     family batch and every image in it is loaded (and later encoded) once.
+    `augment_on_device`: see `triplet_dataset.part_crops_sample`.
     """
 
     def __init__(self, index: FaceDataIndex, batches: FamilyBatches, global_embeddings: torch.Tensor,
-                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0):
+                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0,
+                 augment_on_device: bool = False):
         self.index, self.batches, self.global_embeddings = index, batches, global_embeddings
         self.augment, self.seed, self.epoch, self.augment_strength = augment, seed, epoch, augment_strength
+        self.augment_on_device = augment_on_device
 
     def __len__(self) -> int:
         return sum(len(b) for b in self.batches.batches)
@@ -151,9 +154,9 @@ class FamilyBatchDataset(Dataset):
         rng = np.random.default_rng([self.seed, _STREAM_AUGMENT, self.epoch, step, slot]) if self.augment else None
         view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
         crops = self.index.crops_rgb(image)
-        if marks:  # painted before augmenting, so the marks move with the face
+        if marks:  # painted before augmenting (here or on the device), so the marks move with the face
             crops = paint_marks(crops, marks)
-        return {"parts": crops_to_tensor(crops, rng, self.augment_strength),
+        return {**part_crops_sample(crops, rng, self.augment_strength, self.augment_on_device),
                 "global": self.global_embeddings[image, view],
                 "identity": torch.tensor(identity), "family": torch.tensor(family)}
 

@@ -9,6 +9,10 @@ images per identity. Masks, for an anchor `a` and another image `b` of the batch
 
 Distances are Euclidean between unit-length embeddings (range 0..2), in float32, so the
 triplet hinge has the same meaning as the pre-drawn triplets' `--triplet-margin`.
+
+Nothing here reads a value back to the host: masks weight sums instead of selecting rows,
+and the statistics stay 0-dim tensors on the embeddings' device, so a training step never
+waits for the GPU; the loop reads them when it logs.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ LOSSES = ("triplet", "batch_hard", "batch_hard_soft", "batch_all")
 
 
 class MiningResult(NamedTuple):
-    loss: torch.Tensor               # scalar, differentiable
-    active_fraction: float           # share of the counted triplets with a non-zero hinge
-    hardest_negative_is_twin: float  # share of anchors with a twin in the batch whose nearest negative is it
-    triplets: int                    # triplets the loss counted (anchors for batch_hard)
+    loss: torch.Tensor                      # scalar, differentiable
+    active_fraction: torch.Tensor           # share of the counted triplets with a non-zero hinge
+    hardest_negative_is_twin: torch.Tensor  # share of anchors with a twin in the batch whose nearest
+                                            # negative is it; NaN when no anchor has one
+    triplets: torch.Tensor                  # triplets the loss counted (anchors for batch_hard)
 
 
 def pair_masks(identity: torch.Tensor, family: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -42,14 +47,13 @@ def pairwise_distances(embeddings: torch.Tensor) -> torch.Tensor:
     return squared.clamp_min(1e-12).sqrt()
 
 
-def hardest_negative_is_twin(distances: torch.Tensor, negative: torch.Tensor, twin: torch.Tensor) -> float:
-    """Among anchors whose twin is in the batch: how often the nearest negative is a twin image."""
+def hardest_negative_is_twin(distances: torch.Tensor, negative: torch.Tensor, twin: torch.Tensor) -> torch.Tensor:
+    """Among anchors whose twin is in the batch: how often the nearest negative is a twin image
+    (0/0, NaN, when no anchor has its twin there)."""
     has_twin = twin.any(1)
-    if not has_twin.any():
-        return float("nan")
     nearest = distances.detach().masked_fill(~negative, float("inf")).argmin(1)
-    hits = twin[torch.arange(len(nearest), device=nearest.device), nearest]
-    return hits[has_twin].float().mean().item()
+    hits = twin[torch.arange(len(nearest), device=nearest.device), nearest] & has_twin
+    return hits.sum() / has_twin.sum()
 
 
 def batch_hard_loss(distances: torch.Tensor, identity: torch.Tensor, family: torch.Tensor,
@@ -59,19 +63,21 @@ def batch_hard_loss(distances: torch.Tensor, identity: torch.Tensor, family: tor
     pulling and so does not let every embedding fall onto one point (where a hinge's hardest
     pairs are all at distance ~0 and the loss sits at the margin).
 
-    Anchors without a positive or without a negative in the batch are left out.
+    Anchors without a positive or without a negative in the batch are left out (their gap
+    is −∞, which both losses take to 0; they are not counted).
     """
     positive, negative, twin = pair_masks(identity, family)
     hardest_positive = distances.masked_fill(~positive, float("-inf")).amax(1)
     hardest_negative = distances.masked_fill(~negative, float("inf")).amin(1)
     usable = positive.any(1) & negative.any(1)
-    gap = hardest_positive[usable] - hardest_negative[usable]
+    gap = hardest_positive - hardest_negative
     per_anchor = torch.nn.functional.softplus(gap) if margin is None else torch.relu(gap + margin)
-    count = int(usable.sum())
-    loss = per_anchor.mean() if count else distances.sum() * 0.0
+    count = usable.sum()
+    loss = per_anchor.where(usable, 0.0).sum() / count.clamp(min=1)
     # soft margin: "active" = the hardest negative is not yet farther than the hardest positive
-    active = ((gap >= 0) if margin is None else (per_anchor > 0)).float().mean().item() if count else 0.0
-    return MiningResult(loss, active, hardest_negative_is_twin(distances, negative, twin), count)
+    active = ((gap >= 0) if margin is None else (per_anchor > 0)) & usable
+    return MiningResult(loss, active.sum() / count.clamp(min=1), hardest_negative_is_twin(distances, negative, twin),
+                        count)
 
 
 def batch_all_loss(distances: torch.Tensor, identity: torch.Tensor, family: torch.Tensor,
@@ -80,10 +86,9 @@ def batch_all_loss(distances: torch.Tensor, identity: torch.Tensor, family: torc
     positive, negative, twin = pair_masks(identity, family)
     valid = positive[:, :, None] & negative[:, None, :]
     hinge = torch.relu(distances[:, :, None] - distances[:, None, :] + margin) * valid
-    active = hinge > 0
-    active_count, valid_count = int(active.sum()), int(valid.sum())
-    loss = hinge.sum() / max(1, active_count)
-    return MiningResult(loss, active_count / valid_count if valid_count else 0.0,
+    active_count, valid_count = (hinge > 0).sum(), valid.sum()
+    loss = hinge.sum() / active_count.clamp(min=1)
+    return MiningResult(loss, active_count / valid_count.clamp(min=1),
                         hardest_negative_is_twin(distances, negative, twin), valid_count)
 
 
@@ -110,8 +115,7 @@ def global_similarity_loss(embeddings: torch.Tensor, global_embeddings: torch.Te
     impostors) is not traded away for the training set's twins. Zero when the batch holds a
     single family."""
     mask = family[:, None] != family[None, :]
-    if not bool(mask.any()):
-        return embeddings.new_zeros((), dtype=torch.float32)
     model = torch.nn.functional.normalize(embeddings.float(), dim=1)
     recogniser = torch.nn.functional.normalize(global_embeddings.float(), dim=1)
-    return ((model @ model.T - recogniser @ recogniser.T)[mask] ** 2).mean()
+    squared = (model @ model.T - recogniser @ recogniser.T) ** 2
+    return squared.where(mask, 0.0).sum() / mask.sum().clamp(min=1)

@@ -54,6 +54,12 @@ def uses_channels_last(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
+def augments_on_device(setting: str, device: torch.device) -> bool:
+    """`on`, `off`, or `auto` (on for CUDA, where a batch warps in a fraction of the time that
+    loader processes need for it)."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
 def make_loader(dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                       pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None,

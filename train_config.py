@@ -31,11 +31,11 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # Keys added after runs were already being made, whose default changed what a run does: a
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
-                   "global_skip": False}
+                   "global_skip": False, "augment_on_device": "off"}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
-                              "target_twin_far", "trust_checkpoint", "activation_checkpointing"})
+                              "target_twin_far", "trust_checkpoint", "activation_checkpointing", "compile"})
 
 
 class ConfigError(ExpectedError, ValueError):
@@ -124,6 +124,11 @@ class TrainConfig:
     augment: bool = _key("augment part crops and the aligned face in training", default=True)
     augment_strength: float = _key("scale of the part augmentation ranges (rotation 8°, zoom and contrast "
                                    "±8%/±20%, shift 4%, … at 1.0)", default=1.0)
+    augment_on_device: str = _key("where part crops are augmented: on = the training device warps each batch "
+                                  "(device_augment.py; the loader only draws each crop's parameters), off = the "
+                                  "loader processes, on the CPU; auto = on for CUDA. Both draw from the same "
+                                  "ranges; the pixels differ", default="auto",
+                                  metadata={"choices": ("auto", "on", "off")})
     face_augment_views: int = _key("augmented views of each aligned face whose (frozen) global "
                                    "embeddings are cached beside the plain one; 0 = none", default=2)
     # --- optimisation ---
@@ -136,6 +141,9 @@ class TrainConfig:
     activation_checkpointing: bool = _key("recompute the part trunks' activations in the backward pass instead "
                                           "of keeping them: same results, far less memory, about a third "
                                           "more compute (for larger batches on one GPU)", default=False)
+    compile: bool = _key("compile the training steps' forward with torch.compile: faster steps on a GPU, after "
+                         "slow first ones (minutes at full size; again for each new batch shape). Checkpoints are "
+                         "the same", default=False)
     early_stopping_patience: int = _key("stop after this many epochs without a better validation twin "
                                         "EER; 0 = never", default=15)
     target_twin_far: float = _key("the decision threshold stored in best.pth accepts at most this share of "
@@ -199,7 +207,7 @@ class TrainConfig:
         except ValueError as error:
             raise ConfigError(f"regions={self.regions!r}: {error}") from None
         for key in ("adaface_arch", "part_backbone", "part_head", "sampler", "loss", "negative_strategy",
-                    "precision", "channels_last", "global_input_colour"):
+                    "augment_on_device", "precision", "channels_last", "global_input_colour"):
             choices = self.field_metadata(key)["choices"]
             check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")
 

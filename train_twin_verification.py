@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import device_augment
 import distributed
 import model_runner as runner
 import verification_pairs as vp
@@ -44,6 +45,10 @@ ROLES = ("anchor", "positive", "negative")
 RESUME_KEYS = ("config", "model_state_dict", "optimizer", "scheduler", "scaler", "rng", "epoch", "global_step",
                "history", "best", "epochs_without_improvement", "finished")
 TIME_TO_TWIN_EER = (0.2, 0.1)  # validation twin EER levels whose first crossing is recorded
+# What a step adds to the epoch's sums: loss·triplets, active triplets, triplets, the share of twin
+# negatives (families: of anchors whose hardest negative is the twin), 1 where that share is
+# defined, images encoded
+STEP_STATISTICS = ("loss_sum", "active", "triplets", "twin_negative_share", "twin_steps", "images")
 
 
 class NonFiniteLossError(ExpectedError, RuntimeError):
@@ -135,70 +140,109 @@ def epoch_batches(index, persons: list[str], cache, config: TrainConfig, context
                   epoch: int):
     """This process's loader for one epoch, and its number of steps (a function of seed and epoch)."""
     device = context.device
+    on_device = runner.augments_on_device(config.augment_on_device, device)
     if config.sampler == "families":
         batches = epoch_family_batches(index, persons, config.families_per_batch, config.images_per_identity,
                                        config.seed, epoch, context.rank, context.world_size, config.virtual_twins)
-        dataset = FamilyBatchDataset(index, batches, cache, config.augment, config.seed, epoch, config.augment_strength)
+        dataset = FamilyBatchDataset(index, batches, cache, config.augment, config.seed, epoch, config.augment_strength,
+                                     on_device)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=family_batch_positions(batches),
                                              num_workers=config.num_workers, pin_memory=device.type == "cuda")
         return loader, len(batches)
     triplets = epoch_triplets(index, persons, config.negative_strategy, config.twin_negative_fraction,
                               config.curriculum_switch_epoch, config.seed, epoch)
     positions = rank_positions(len(triplets), context.rank, context.world_size)
-    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength)
+    dataset = TripletDataset(index, triplets, cache, config.augment, config.seed, epoch, config.augment_strength,
+                             on_device)
     loader = runner.make_loader(torch.utils.data.Subset(dataset, positions.tolist()), config.batch_size,
                                 config.num_workers, device)
     return loader, epoch_steps(len(triplets), context.world_size, config.batch_size)
 
 
-def batch_loss(model, batch: dict[str, torch.Tensor], config: TrainConfig, device: torch.device, dtype,
-               channels_last: bool) -> tuple[torch.Tensor, dict[str, float]]:
-    """One step's loss and its statistics, for either sampler. Every image is encoded once."""
-    if config.sampler == "families":
-        parts_uint8, global_embedding = batch["parts"], batch["global"]
-    else:
-        parts_uint8 = torch.cat([batch[f"{r}_parts"] for r in ROLES])
-        global_embedding = torch.cat([batch[f"{r}_global"] for r in ROLES])
+def step_statistics(device: torch.device, *values: torch.Tensor | float) -> torch.Tensor:
+    """One step's `STEP_STATISTICS` as a float64 vector on `device`. Numbers are filled in there,
+    not copied from the host, and tensors are not read: the step never waits for the device."""
+    return torch.stack([v.detach().to(torch.float64) if isinstance(v, torch.Tensor)
+                        else torch.full((), v, dtype=torch.float64, device=device) for v in values])
+
+
+def step_tensor(batch: dict[str, torch.Tensor], key: str, sampler: str, device: torch.device) -> torch.Tensor:
+    """A batch's `key` on `device`, for pre-drawn triplets the anchors', positives' and negatives' in turn."""
+    if sampler == "families":
+        return batch[key].to(device, non_blocking=True)
+    return torch.cat([batch[f"{role}_{key}"].to(device, non_blocking=True) for role in ROLES])
+
+
+def step_parts(batch: dict[str, torch.Tensor], sampler: str, device: torch.device) -> torch.Tensor:
+    """The step's uint8 part crops `B×R×3×S×S` on `device`, augmented: there, when the loader sent
+    each crop's parameters (`augment_params`), else already by the loader on the CPU.
+
+    Only the part crops: the global branch's augmentation is a cached view of the aligned face."""
+    parts = step_tensor(batch, "parts", sampler, device)
+    if "augment_params" not in batch and "anchor_augment_params" not in batch:
+        return parts
+    # kept on the CPU: `augment_batch` reads them there without waiting for the device
+    params = step_tensor(batch, "augment_params", sampler, torch.device("cpu"))
+    return device_augment.augment_batch(parts.flatten(0, 1), params.flatten(0, 1)).view(parts.shape)
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor], parts_uint8: torch.Tensor, config: TrainConfig,
+               device: torch.device, dtype, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step's loss and its `step_statistics`, for either sampler, from the step's augmented
+    crops (`step_parts`). Every image is encoded once."""
+    global_embedding = step_tensor(batch, "global", config.sampler, device)
     parts = runner.parts_to_device(parts_uint8, device, channels_last, config.region_names)
     with runner.autocast(device, dtype):
-        embedding = model(None, parts, global_embedding=global_embedding.to(device, non_blocking=True)).embedding
+        embedding = model(None, parts, global_embedding=global_embedding).embedding
     images = len(parts_uint8)
     if config.sampler == "families":
-        family = batch["family"].to(device)
-        mined = mining.mined_loss(config.loss, embedding, batch["identity"].to(device), family, config.triplet_margin)
+        family = batch["family"].to(device, non_blocking=True)
+        mined = mining.mined_loss(config.loss, embedding, batch["identity"].to(device, non_blocking=True), family,
+                                  config.triplet_margin)
         loss = mined.loss
         if config.global_distillation > 0:
-            loss = loss + config.global_distillation * mining.global_similarity_loss(
-                embedding, global_embedding.to(device), family)
-        twin = mined.hardest_negative_is_twin
-        return loss, {"triplets": mined.triplets, "active": mined.active_fraction * mined.triplets,
-                            "twin_negatives": 0.0 if math.isnan(twin) else twin, "twin_steps": 0 if math.isnan(twin) else 1,
-                            "images": images}
+            loss = loss + config.global_distillation * mining.global_similarity_loss(embedding, global_embedding,
+                                                                                     family)
+        twin = mined.hardest_negative_is_twin  # NaN: no anchor had its twin in the batch
+        return loss, step_statistics(device, loss * mined.triplets, mined.active_fraction * mined.triplets,
+                                     mined.triplets, twin.nan_to_num(0.0), ~twin.isnan(), images)
     size = len(batch["twin_negative"])
     loss, per_triplet = triplet_loss(*embedding.split(size), margin=config.triplet_margin)
-    return loss, {"triplets": size, "active": (per_triplet > 0).sum().item(),
-                  "twin_negatives": batch["twin_negative"].sum().item() / size, "twin_steps": 1, "images": images}
+    twin_share = batch["twin_negative"].to(device, non_blocking=True).float().mean()
+    return loss, step_statistics(device, loss * size, (per_triplet > 0).sum(), size, twin_share, 1, images)
+
+
+def check_finite_loss(loss_sum: float, config: TrainConfig, epoch: int, first_step: int, last_step: int) -> None:
+    """Stop when the loss of a step in `first_step..last_step` was NaN or infinite: the sum of
+    loss·triplets is then non-finite (every loss is ≥ 0, and 0·NaN is NaN). Checked only where
+    values are read anyway, so the weights are already spoilt: nothing is saved, and latest.pth
+    stays the last good checkpoint."""
+    if not math.isfinite(loss_sum):
+        raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, in global steps {first_step}..{last_step}; "
+                                 f"the last good checkpoint is "
+                                 f"{Path(config.output_dir) / 'checkpoints' / 'latest.pth'}")
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainConfig,
                     context: distributed.Context, epoch: int, writer, global_step: int) -> dict[str, Any]:
-    """Train on this process's batches of the epoch (from `epoch_batches`); returns the epoch's statistics."""
+    """Train on this process's batches of the epoch (from `epoch_batches`); returns the epoch's statistics.
+
+    Values are read back to the host only every `log_every_steps` steps and at the end of the
+    epoch; in between, a GPU runs as far ahead of the host as its queue allows.
+    """
     device = context.device
     dtype = runner.autocast_dtype(config.precision, device)
     channels_last = runner.uses_channels_last(config.channels_last, device)
     model.train()
-    # loss·triplets, active triplets, triplets, twin-negative share summed over steps, steps, images
-    totals = torch.zeros(6, dtype=torch.float64)
+    totals = torch.zeros(len(STEP_STATISTICS), dtype=torch.float64, device=device)
+    checked_step = global_step  # the losses of the steps after this one are not yet known to be finite
     data_seconds = compute_seconds = 0.0
     first_batch = True
     tick = time.perf_counter()
     for batch in runner.progress_bar(batches, config.progress, f"epoch {epoch + 1}/{config.num_epochs}"):
         ready = time.perf_counter()
-        loss, stats = batch_loss(model, batch, config, device, dtype, channels_last)
-        step_loss = distributed.sum_across(loss.detach().float().reshape(1), context) / context.world_size
-        if not torch.isfinite(step_loss).all():
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, step {global_step}; the last good "
-                                     f"checkpoint is {Path(config.output_dir) / 'checkpoints' / 'latest.pth'}")
+        parts = step_parts(batch, config.sampler, device)
+        loss, step = batch_loss(model, batch, parts, config, device, dtype, channels_last)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip_norm > 0:
@@ -208,38 +252,54 @@ def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainC
         scaler.update()
         scheduler.step()
         global_step += 1
-        totals += torch.tensor([loss.item() * stats["triplets"], stats["active"], stats["triplets"],
-                                stats["twin_negatives"], stats["twin_steps"], stats["images"]], dtype=torch.float64)
-        if writer is not None and global_step % config.log_every_steps == 0:
-            writer.add_scalar("train/batch_loss", step_loss.item(), global_step)
-            writer.add_scalar("train/learning_rate", scheduler.get_last_lr()[0], global_step)
-            writer.add_scalar("train/batch_active_fraction", stats["active"] / max(1, stats["triplets"]), global_step)
-            if stats["twin_steps"]:
-                writer.add_scalar("train/batch_twin_negative_ratio", stats["twin_negatives"], global_step)
+        totals += step
+        if global_step % config.log_every_steps == 0:
+            # every process reads the same all-reduced sums, so all of them stop together
+            loss_sum, step_loss_sum = distributed.sum_across(torch.stack([totals[0], loss.detach().double()]),
+                                                             context).tolist()
+            check_finite_loss(loss_sum, config, epoch, checked_step + 1, global_step)
+            checked_step = global_step
+            if writer is not None:
+                log_step(writer, step_loss_sum / context.world_size, step.tolist(), scheduler.get_last_lr()[0],
+                         global_step)
         if writer is not None and first_batch:
-            write_crop_grid(writer, batch["parts" if config.sampler == "families" else "anchor_parts"], global_step)
+            write_crop_grid(writer, parts if config.sampler == "families" else parts[:len(batch["twin_negative"])],
+                            global_step)
             first_batch = False
         done = time.perf_counter()
         data_seconds += ready - tick
         compute_seconds += done - ready
         tick = done
-    totals = distributed.sum_across(totals, context)
-    count = max(1.0, totals[2].item())
+    totals = distributed.sum_across(totals, context).tolist()
+    compute_seconds += time.perf_counter() - tick  # the device's queued steps finish in that read
+    check_finite_loss(totals[0], config, epoch, checked_step + 1, global_step)
+    loss_sum, active, triplets, twin_negatives, twin_steps, images = totals
+    count = max(1.0, triplets)
     elapsed = max(data_seconds + compute_seconds, 1e-9)
-    images = int(totals[5].item())
-    return {"train_loss": totals[0].item() / count, "active_fraction": totals[1].item() / count,
+    return {"train_loss": loss_sum / count, "active_fraction": active / count,
             # triplets: share of twin negatives; families: share of anchors whose hardest negative is the twin
-            "twin_negative_ratio": totals[3].item() / max(1.0, totals[4].item()), "triplets": int(count),
-            "triplets_per_second": count / elapsed, "images_encoded": images,
+            "twin_negative_ratio": twin_negatives / max(1.0, twin_steps), "triplets": int(count),
+            "triplets_per_second": count / elapsed, "images_encoded": int(images),
             "part_images_per_second": images * len(config.region_names) / elapsed,
             "data_wait_fraction": data_seconds / elapsed, "global_step": global_step}
 
 
+def log_step(writer, step_loss: float, step: list[float], learning_rate: float, global_step: int) -> None:
+    """A log step's batch scalars (`step`: its `STEP_STATISTICS`; the loss is the processes' mean)."""
+    _loss_sum, active, triplets, twin_negatives, twin_steps, _images = step
+    writer.add_scalar("train/batch_loss", step_loss, global_step)
+    writer.add_scalar("train/learning_rate", learning_rate, global_step)
+    writer.add_scalar("train/batch_active_fraction", active / max(1.0, triplets), global_step)
+    if twin_steps:
+        writer.add_scalar("train/batch_twin_negative_ratio", twin_negatives, global_step)
+
+
 def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
-    """A few anchors' region crops as one image (rows: images, columns: regions)."""
+    """A few anchors' region crops as the model sees them, augmented, as one image (rows: images,
+    columns: regions)."""
     import torchvision
 
-    shown = parts_uint8[:8]
+    shown = parts_uint8[:8].cpu()
     grid = torchvision.utils.make_grid(shown.flatten(0, 1), nrow=parts_uint8.shape[1], padding=2)
     writer.add_image("train/part_crops", grid, step)
 
@@ -438,10 +498,14 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             print(f"{output}: training already finished ({state['finished']}); best model in {checkpoints / 'best.pth'}")
         return state
 
-    ddp_model = model
+    # What the training steps call; validation and the checkpoints use `model` itself, so the
+    # saved keys stay those of the model (no `module.` or `_orig_mod.` prefix)
+    training_model = model
     if context.distributed:
-        ddp_model = torch.nn.parallel.DistributedDataParallel(
+        training_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
+    if config.compile:
+        training_model = torch.compile(training_model)
     validator = Validator(index, split["val"], config)
     crop_size = int(read_crop_rgb(index.images[0].part_paths[0]).shape[0])  # inference cuts crops this size
     writer = None
@@ -462,8 +526,8 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             epoch = state["epoch"]
             epoch_started = time.perf_counter()
             batches, _steps = epoch_batches(index, split["train"], cache, config, context, epoch)
-            stats = train_one_epoch(ddp_model, optimizer, scheduler, scaler, batches, config, context, epoch, writer,
-                                    state["global_step"])
+            stats = train_one_epoch(training_model, optimizer, scheduler, scaler, batches, config, context, epoch,
+                                    writer, state["global_step"])
             state["global_step"] = stats.pop("global_step")
             validation = validator(model, cache[:, 0], context)
             state["images_encoded"] += stats["images_encoded"]

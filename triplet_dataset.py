@@ -8,7 +8,9 @@
 - Which triplets an epoch draws, and how each sample is augmented, are functions of
   `(seed, epoch)` only: a resumed run sees exactly what an uninterrupted one would.
 - Loaders return uint8 RGB part crops (`…×3×S×S`) and cached global embeddings; the
-  frozen AdaFace never runs in a loader, and each image is decoded once per use.
+  frozen AdaFace never runs in a loader, and each image is decoded once per use. With
+  augmentation on the device the crops stay plain and come with each crop's parameters
+  (`device_augment.py`), drawn from the same per-sample generator.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import device_augment
 from atomic_files import write_json_atomic
 from cli_errors import ExpectedError
 from cutout import PART_NAMES
@@ -390,16 +393,31 @@ def crops_to_tensor(crops_rgb: np.ndarray, rng: np.random.Generator | None, stre
     return torch.from_numpy(np.ascontiguousarray(crops_rgb)).permute(0, 3, 1, 2).contiguous()
 
 
+def part_crops_sample(crops_rgb: np.ndarray, rng: np.random.Generator | None, strength: float,
+                      on_device: bool) -> dict[str, torch.Tensor]:
+    """A sample's part crops as `parts` (uint8 `P×3×S×S`), augmented here when `rng` is given.
+
+    With `on_device`, the crops stay plain and `augment_params` (`P×8`, drawn from `rng`)
+    holds each crop's augmentation for the training step to apply on its device.
+    """
+    if rng is None or not on_device:
+        return {"parts": crops_to_tensor(crops_rgb, rng, strength)}
+    return {"parts": crops_to_tensor(crops_rgb, None),
+            "augment_params": torch.from_numpy(device_augment.draw_parameters(rng, len(crops_rgb), strength))}
+
+
 class TripletDataset(Dataset):
     """Item `i` of an epoch's triplets: uint8 parts and cached global embeddings of the three images."""
 
     def __init__(self, index: FaceDataIndex, triplets: Triplets, global_embeddings: torch.Tensor,
-                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0):
-        """`global_embeddings`: `N×V×512`, view 0 plain, views 1.. of augmented faces."""
+                 augment: bool, seed: int, epoch: int, augment_strength: float = 1.0,
+                 augment_on_device: bool = False):
+        """`global_embeddings`: `N×V×512`, view 0 plain, views 1.. of augmented faces;
+        `augment_on_device`: see `part_crops_sample`."""
         self.index, self.triplets = index, triplets
         self.global_embeddings = global_embeddings
         self.augment, self.seed, self.epoch = augment, seed, epoch
-        self.augment_strength = augment_strength
+        self.augment_strength, self.augment_on_device = augment_strength, augment_on_device
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -409,7 +427,8 @@ class TripletDataset(Dataset):
         sample = {"twin_negative": torch.tensor(bool(self.triplets.twin_negative[item]))}
         for role, (name, image) in enumerate(zip(("anchor", "positive", "negative"), images)):
             rng = sample_rng(self.seed, self.epoch, item, role) if self.augment else None
-            sample[f"{name}_parts"] = crops_to_tensor(self.index.crops_rgb(image), rng, self.augment_strength)
+            parts = part_crops_sample(self.index.crops_rgb(image), rng, self.augment_strength, self.augment_on_device)
+            sample.update({f"{name}_{key}": value for key, value in parts.items()})
             view = int(rng.integers(self.global_embeddings.shape[1])) if rng is not None else 0
             sample[f"{name}_global"] = self.global_embeddings[image, view]
         return sample

@@ -102,3 +102,24 @@ def tiny_train_config(data: dict[str, Path], output_dir: Path, **overrides):
                   **{k: str(v) for k, v in data.items()})
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def one_epoch_setup(data: dict[str, Path], output_dir: Path, device: str = "cpu", **overrides):
+    """What `train_one_epoch` takes, built as `run_training` builds it (one process, a tiny
+    config): the config, model, optimiser, scheduler, scaler and the epoch-0 loader."""
+    import torch
+
+    import model_runner as runner
+    import train_twin_verification as train
+    from triplet_dataset import FaceDataIndex
+
+    config = tiny_train_config(data, output_dir, device=device, **overrides)
+    context = train.distributed.Context(device=torch.device(device))
+    index = FaceDataIndex.load(data["face_parts_dataset_path"], data["tensor_dataset_path"], data["twin_pairs_path"])
+    model = runner.build_model(config).to(context.device)
+    cache = torch.randn(len(index.images), 2, model.global_dim)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scaler = runner.grad_scaler(context.device, runner.autocast_dtype(config.precision, context.device))
+    loader, _ = train.epoch_batches(index, index.persons, cache, config, context, 0)
+    return config, model, optimizer, scheduler, scaler, loader

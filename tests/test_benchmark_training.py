@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import torch
 
 import benchmark_training
 from conftest import REPO
@@ -13,6 +14,16 @@ def test_timed_steps_report_part_images_per_second_at_the_asked_precision(capsys
                                     "--precision", "fp32"]) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert "small cpu    fp32 batch   2" in line and re.search(r"\d+ part-images/s", line)
+
+
+def test_compiled_steps_go_through_torch_compile_and_say_so(capsys, monkeypatch):
+    real_compile, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile",  # the eager backend: traced, nothing generated
+                        lambda module, **settings: compiled.append(module) or real_compile(module, backend="eager"))
+    assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--steps", "1", "--batch-size", "2",
+                                    "--precision", "fp32", "--compile"]) == 0
+    assert len(compiled) == 1
+    assert "small cpu    fp32 compiled batch   2" in capsys.readouterr().out.strip().splitlines()[-1]
 
 
 def test_largest_batch_without_cuda_is_a_usage_error(capsys):
@@ -39,5 +50,5 @@ def test_every_benchmark_flag_the_gpu_check_uses_exists(capsys):
     with pytest.raises(SystemExit):
         benchmark_training.main(["--help"])
     offered = set(re.findall(r"--[a-z][a-z-]+", capsys.readouterr().out))
-    assert {"--precision", "--largest-batch", "--training-run"} <= used  # the continuation lines are read too
+    assert {"--precision", "--largest-batch", "--training-run", "--compile"} <= used  # continuation lines too
     assert used <= offered, used - offered

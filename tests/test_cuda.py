@@ -8,7 +8,7 @@ import torch
 
 import device_augment as da
 import model_runner as runner
-from conftest import tiny_train_config
+from conftest import one_epoch_setup, tiny_train_config
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")]
@@ -43,3 +43,32 @@ def test_training_resumes_on_cuda_exactly(synthetic_data, tmp_path, checkpointin
     assert all(np.isfinite(r["train_loss"]) for r in resumed["history"])
     assert [r["train_loss"] for r in straight["history"]] == pytest.approx(
         [r["train_loss"] for r in resumed["history"]], rel=1e-3)
+
+
+def test_an_epoch_waits_for_the_gpu_as_often_however_many_steps_it_has(synthetic_data, tmp_path):
+    """CUDA's own count of synchronising calls (`set_sync_debug_mode`) is the same over an epoch of
+    6 steps as over one of 2: only log steps and the epoch's end read values back. Device
+    augmentation on, as CUDA's default."""
+    import warnings
+
+    import train_twin_verification as train
+
+    config, model, optimizer, scheduler, scaler, loader = one_epoch_setup(
+        synthetic_data, tmp_path, "cuda", precision="bf16", log_every_steps=1000)
+    batch = next(iter(loader))
+    assert "augment_params" in batch and batch["parts"].is_pinned()
+    context = train.distributed.Context(device=torch.device("cuda"))
+    epoch = lambda steps: train.train_one_epoch(model, optimizer, scheduler, scaler, [batch] * steps, config,
+                                                context, 0, None, 0)
+    epoch(2)  # warm-up: cuBLAS, cuDNN and the allocator start
+    counts = []
+    for steps in (2, 6):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                epoch(steps)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        counts.append(sum("synchroniz" in str(warning.message) for warning in caught))
+    assert counts[0] == counts[1], counts

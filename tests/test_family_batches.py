@@ -1,5 +1,6 @@
 """Family batches: deterministic for (seed, epoch), both twins with K images, no family shared by two processes."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,34 @@ def test_dataset_items_are_deterministic_and_labelled(index):
     plain = fb.FamilyBatchDataset(index, batches, cache, augment=False, seed=0, epoch=0)[(0, 0)]
     assert torch.equal(plain["global"], cache[batches.batches[0][0], 0])
     assert not torch.equal(plain["parts"], dataset[(0, 0)]["parts"])
+
+
+def _loader(index, batches, cache, **settings):
+    dataset = fb.FamilyBatchDataset(index, batches, cache, seed=0, epoch=0, **settings)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=fb.family_batch_positions(batches))
+
+
+def test_augmentation_on_the_device_is_a_function_of_seed_epoch_and_sample(index):
+    """Two loaders of one (seed, epoch) send the same parameters, so the step augments the same
+    crops alike; the crops themselves come plain, painted with any virtual twin's marks first."""
+    import device_augment as da
+    import train_twin_verification as train
+
+    batches = fb.epoch_family_batches(index, index.persons, 2, 2, 0, 0, virtual_twins=1.0)
+    cache = torch.randn(len(index.images), 2, 512)
+    first, again = (next(iter(_loader(index, batches, cache, augment=True, augment_on_device=True)))
+                    for _ in range(2))
+    plain = next(iter(_loader(index, batches, cache, augment=False)))
+    assert first["augment_params"].shape == (len(batches.batches[0]), 5, len(da.PARAMETERS))
+    assert torch.equal(first["augment_params"], again["augment_params"])
+    assert torch.equal(first["parts"], plain["parts"]) and "augment_params" not in plain
+    augmented = train.step_parts(first, "families", torch.device("cpu"))
+    assert augmented.shape == plain["parts"].shape and augmented.dtype == torch.uint8
+    assert torch.equal(augmented, train.step_parts(again, "families", torch.device("cpu")))
+    assert not torch.equal(augmented, plain["parts"])
+    # each crop's parameters come from its sample's own generator, after the draw of its global view
+    rng = np.random.default_rng([0, fb._STREAM_AUGMENT, 0, 0, 1])
+    assert torch.equal(first["global"][1], cache[batches.batches[0][1], int(rng.integers(2))])
+    assert np.array_equal(first["augment_params"][1].numpy(), da.draw_parameters(rng, 5))
+    other_epoch = fb.FamilyBatchDataset(index, batches, cache, True, seed=0, epoch=1, augment_on_device=True)
+    assert not torch.equal(other_epoch[(0, 1)]["augment_params"], first["augment_params"][1])

@@ -1,4 +1,4 @@
-"""Online mining: masks, batch-hard and batch-all against plain loops."""
+"""Online mining: masks, batch-hard and batch-all against plain loops, and no host reads."""
 
 import math
 
@@ -132,3 +132,16 @@ def test_global_similarity_loss_reaches_the_model_only():
     embeddings = torch.randn(4, 8, requires_grad=True)
     mining.global_similarity_loss(embeddings, global_embeddings, torch.tensor([0, 1, 2, 3])).backward()
     assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["batch_hard", "batch_hard_soft", "batch_all"])
+def test_mining_runs_on_a_meta_device_without_host_synchronisation(name):
+    """Every op exists for tensors on another device (here `meta`, standing in for CUDA): nothing
+    reads a value back to the host, so a training step never waits for the GPU."""
+    embeddings = torch.empty((8, 6), device="meta", requires_grad=True)
+    identity, family = (torch.empty(8, dtype=torch.int64, device="meta") for _ in range(2))
+    result = mining.mined_loss(name, embeddings, identity, family, 0.5)
+    for value in result:
+        assert value.device.type == "meta" and value.dim() == 0
+    distillation = mining.global_similarity_loss(embeddings, torch.empty((8, 6), device="meta"), family)
+    assert distillation.device.type == "meta" and distillation.dim() == 0

@@ -12,7 +12,7 @@ import torch
 
 import train_twin_verification as train
 from combined_model import TwinVerificationModel
-from conftest import REPO, tiny_train_config
+from conftest import REPO, one_epoch_setup, tiny_train_config
 from train_config import ConfigError, TrainConfig, parse_config
 
 
@@ -140,6 +140,65 @@ def test_resume_with_pre_drawn_triplets_too(synthetic_data, tmp_path):
     assert straight["history"][0]["images_encoded"] == 3 * straight["history"][0]["triplets"] > 0
 
 
+def test_resume_with_packed_crops_and_augmentation_on_the_device(tmp_path, monkeypatch):
+    from packed_crops import pack_extraction
+    from synthetic_extraction import write_synthetic_extraction
+    from triplet_dataset import FaceDataIndex
+
+    data = write_synthetic_extraction(tmp_path / "data")
+    pack_extraction(data["face_parts_dataset_path"])
+    assert FaceDataIndex.load(*(data[k] for k in ("face_parts_dataset_path", "tensor_dataset_path",
+                                                  "twin_pairs_path"))).packed is not None
+    augmented = []
+    real_augment = train.device_augment.augment_batch
+    monkeypatch.setattr(train.device_augment, "augment_batch",
+                        lambda crops, params: augmented.append(len(crops)) or real_augment(crops, params))
+    config = tiny_train_config(data, tmp_path / "straight", num_epochs=2, augment_on_device="on")
+    straight = train.run_training(config)
+    assert augmented and sum(augmented) == 5 * sum(r["images_encoded"] for r in straight["history"])
+    interrupted = replace(config, output_dir=str(tmp_path / "resumed"), stop_after_epochs=1)
+    assert train.run_training(interrupted)["epoch"] == 1
+    resumed = train.run_training(replace(interrupted, stop_after_epochs=0))
+    assert [r["train_loss"] for r in straight["history"]] == [r["train_loss"] for r in resumed["history"]]
+    weights = [torch.load(tmp_path / run / "checkpoints" / "latest.pth", weights_only=True)["model_state_dict"]
+               for run in ("straight", "resumed")]
+    assert all(torch.equal(value, weights[1][key]) for key, value in weights[0].items())
+
+
+def test_runs_from_before_a_key_existed_resume_as_they_ran(finished_run, tmp_path):
+    """A saved config without `augment_on_device` augmented in the loader; one without `compile`
+    did not compile (which may change between resumes anyway)."""
+    config, _, _ = finished_run
+    config = config.with_absolute_data_paths()
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("augment_on_device", "compile")}
+    train.check_resumable(saved, replace(config, augment_on_device="off", compile=True), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match="augment_on_device: 'off' → 'on'"):
+        train.check_resumable(saved, replace(config, augment_on_device="on"), tmp_path / "latest.pth")
+    assert TrainConfig.from_dict(saved).augment_on_device == "auto" and not TrainConfig.from_dict(saved).compile
+
+
+def test_compile_wraps_the_training_steps_and_checkpoints_keep_the_models_keys(synthetic_data, tmp_path,
+                                                                               monkeypatch):
+    """torch.compile (here with the eager backend: traced, nothing generated) wraps what the steps
+    call, only when asked; checkpoints hold the model's own keys, not the wrapper's `_orig_mod.` ones."""
+    real_compile, compiled = torch.compile, []
+
+    def recording(module, **settings):
+        compiled.append(module)
+        return real_compile(module, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", recording)
+    plain = train.run_training(tiny_train_config(synthetic_data, tmp_path / "plain", num_epochs=1))
+    assert compiled == []
+    result = train.run_training(tiny_train_config(synthetic_data, tmp_path / "compiled", num_epochs=1, compile=True))
+    assert len(compiled) == 1 and isinstance(compiled[0], TwinVerificationModel)
+    assert result["history"][0]["train_loss"] == pytest.approx(plain["history"][0]["train_loss"], rel=1e-5)
+    keys = {run: torch.load(tmp_path / run / "checkpoints" / "latest.pth", weights_only=True)["model_state_dict"].keys()
+            for run in ("plain", "compiled")}
+    assert keys["compiled"] == keys["plain"] and not any("_orig_mod" in k for k in keys["compiled"])
+    TwinVerificationModel.from_checkpoint(tmp_path / "compiled" / "checkpoints" / "best.pth")  # strict keys
+
+
 def test_time_to_accuracy_records_the_first_crossing_only():
     state = {"images_encoded": 100, "seconds": 2.0, "time_to_twin_eer": {"0.2": None, "0.1": None}}
     train.record_time_to_accuracy(state, 0.25, 1)
@@ -174,7 +233,10 @@ def test_changed_settings_refuse_to_resume(finished_run):
         train.run_training(replace(config, learning_rate=0.5))
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("log_every_steps", [1, 1000])
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch,
+                                                                  log_every_steps):
+    """The loss is checked where values are read anyway: at the next log step, else at the end of the epoch."""
     config = tiny_train_config(synthetic_data, tmp_path / "nan", num_epochs=3)
     train.run_training(replace(config, stop_after_epochs=1))
     good = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
@@ -185,11 +247,81 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_data
         return result._replace(loss=result.loss * float("nan"))
 
     monkeypatch.setattr(train.mining, "mined_loss", poisoned)
-    with pytest.raises(train.NonFiniteLossError, match="latest.pth"):
-        train.run_training(config)
+    with pytest.raises(train.NonFiniteLossError, match="latest.pth") as error:
+        train.run_training(replace(config, log_every_steps=log_every_steps))
+    steps = good["global_step"]  # the steps of one epoch
+    last = steps + 1 if log_every_steps == 1 else 2 * steps
+    assert f"epoch 2, in global steps {steps + 1}..{last}" in str(error.value)
     kept = torch.load(tmp_path / "nan" / "checkpoints" / "latest.pth", weights_only=True)
     assert kept["epoch"] == 1
     assert all(torch.equal(v, kept["model_state_dict"][k]) for k, v in good["model_state_dict"].items())
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__")
+DEVICE_SIDE_MODULES = {"train_twin_verification", "mining", "model_runner", "distributed"}
+
+
+class RecordingWriter:
+    """Stands in for TensorBoard's SummaryWriter: keeps what it is given."""
+
+    def __init__(self):
+        self.images, self.scalars = {}, {}
+
+    def add_image(self, tag, image, step):
+        self.images[tag] = image
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.setdefault(tag, []).append(value)
+
+
+@pytest.mark.parametrize("augment_on_device", ["off", "on"])
+def test_the_crop_grid_shows_the_crops_as_augmented(synthetic_data, tmp_path, augment_on_device):
+    import torchvision
+
+    config, model, optimizer, scheduler, scaler, loader = one_epoch_setup(
+        synthetic_data, tmp_path, augment_on_device=augment_on_device, augment_strength=1.0)
+    batch = next(iter(loader))
+    plain = next(iter(one_epoch_setup(synthetic_data, tmp_path, augment=False)[-1]))["parts"]
+    if augment_on_device == "on":
+        assert torch.equal(batch["parts"], plain)  # the step augments them
+        augmented = train.device_augment.augment_batch(batch["parts"].flatten(0, 1),
+                                                       batch["augment_params"].flatten(0, 1)).view(plain.shape)
+    else:
+        assert "augment_params" not in batch
+        augmented = batch["parts"]
+    writer = RecordingWriter()
+    train.train_one_epoch(model, optimizer, scheduler, scaler, [batch], config, train.distributed.Context(), 0,
+                          writer, 0)
+    grid = lambda parts: torchvision.utils.make_grid(parts[:8].flatten(0, 1), nrow=5, padding=2)
+    shown = writer.images["train/part_crops"]
+    assert torch.equal(shown, grid(augmented)) and not torch.equal(shown, grid(plain))
+    assert writer.scalars["train/batch_loss"] and np.isfinite(writer.scalars["train/batch_loss"][0])
+
+
+@pytest.mark.parametrize("sampler, loss", [("families", "batch_all"), ("families", "batch_hard"),
+                                           ("triplets", "triplet")])
+def test_host_reads_do_not_grow_with_the_steps_of_an_epoch(synthetic_data, tmp_path, monkeypatch, sampler, loss):
+    """Values come back to the host at log steps and at the end of the epoch only (on a GPU each
+    read waits for every queued step): an epoch of 6 steps reads as often as one of 2."""
+    config, model, optimizer, scheduler, scaler, loader = one_epoch_setup(
+        synthetic_data, tmp_path, log_every_steps=1000, sampler=sampler, loss=loss)
+    batch = next(iter(loader))
+    reads = []
+    for name in HOST_READS:
+        def counted(tensor, *args, _real=getattr(torch.Tensor, name), _name=name):
+            if sys._getframe(1).f_globals.get("__name__") in DEVICE_SIDE_MODULES:
+                reads.append(_name)
+            return _real(tensor, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    counts = []
+    for steps in (2, 6):
+        reads.clear()
+        stats = train.train_one_epoch(model, optimizer, scheduler, scaler, [batch] * steps, config,
+                                      train.distributed.Context(), 0, None, 0)
+        assert stats["global_step"] == steps and np.isfinite(stats["train_loss"])
+        counts.append(len(reads))
+    assert counts[0] == counts[1] > 0, reads
 
 
 def test_bf16_learns_as_well_as_fp32(tmp_path):

@@ -131,6 +131,30 @@ def test_triplet_items_are_rgb_uint8_and_deterministic(index):
     assert not torch.equal(one["anchor_parts"], other_epoch["anchor_parts"])
 
 
+def test_triplets_augmented_on_the_device_are_a_function_of_seed_epoch_and_sample(index):
+    """Plain crops and each crop's parameters, from the sample's own generator; the training
+    step augments two loaders' batches of one (seed, epoch) alike."""
+    import device_augment as da
+    import train_twin_verification as train
+
+    triplets = td.draw_triplets(index, index.persons, "mixed", 0.5, np.random.default_rng(0))
+    cache = torch.randn(len(index.images), 3, 512)
+    loader = lambda: torch.utils.data.DataLoader(
+        td.TripletDataset(index, triplets, cache, augment=True, seed=0, epoch=0, augment_on_device=True), batch_size=4)
+    first, again = next(iter(loader())), next(iter(loader()))
+    plain = td.TripletDataset(index, triplets, cache, augment=False, seed=0, epoch=0)[2]
+    assert torch.equal(first["negative_parts"][2], plain["negative_parts"])
+    rng = td.sample_rng(0, 0, 2, 2)  # sample 2, the negative
+    assert np.array_equal(first["negative_augment_params"][2].numpy(), da.draw_parameters(rng, 5))
+    assert torch.equal(first["negative_global"][2], cache[triplets.negative[2], int(rng.integers(3))])
+    augmented = train.step_parts(first, "triplets", torch.device("cpu"))
+    assert augmented.shape == (12, 5, 3, 32, 32)  # anchors, positives, negatives
+    assert torch.equal(augmented, train.step_parts(again, "triplets", torch.device("cpu")))
+    negatives = da.augment_batch(first["negative_parts"].flatten(0, 1), first["negative_augment_params"].flatten(0, 1))
+    assert torch.equal(augmented[8:], negatives.view(4, 5, 3, 32, 32))
+    assert not torch.equal(augmented[:4], first["anchor_parts"])
+
+
 def test_face_views_start_with_the_extracted_tensor(index):
     views = td.FaceViewDataset(index, augmented_views=2, seed=0)[3]
     assert views.shape == (3, 3, 112, 112)
