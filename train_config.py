@@ -31,11 +31,13 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # Keys added after runs were already being made, whose default changed what a run does: a
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
-                   "global_skip": False, "augment_on_device": "off"}
+                   "global_skip": False}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
-# (target_twin_far only moves the stored decision threshold, never the weights.)
+# (target_twin_far only moves the stored decision threshold, never the weights; where the part
+# crops are augmented follows the device, which may change, and both places draw from the same ranges.)
 RUN_CONTROL_KEYS = frozenset({"num_workers", "stop_after_epochs", "progress", "log_every_steps", "device",
-                              "target_twin_far", "trust_checkpoint", "activation_checkpointing", "compile"})
+                              "target_twin_far", "trust_checkpoint", "activation_checkpointing", "compile",
+                              "augment_on_device"})
 
 
 class ConfigError(ExpectedError, ValueError):
