@@ -74,6 +74,7 @@ class ModelConfig:
     part_head: str = "spatial"  # how each part encoder turns its feature map into a vector
     regions: tuple[str, ...] = PART_NAMES  # face regions, in the order of the part encoders
     global_skip: bool = True  # a linear path from the global embedding straight to the output
+    part_input: str = "highpass"  # what the part trunks see: local detail (highpass) or the crop (rgb)
 
     @property
     def global_input(self) -> InputConvention:
@@ -86,8 +87,9 @@ class ModelConfig:
         if unknown:
             raise CheckpointMismatchError(f"unknown model config keys {unknown}; known: {sorted(known)}")
         # Checkpoints from before part heads were configurable pooled their feature maps, and
-        # had no path from the global embedding past the projection.
-        values = {"part_head": "pool", "global_skip": False, **values}
+        # had no path from the global embedding past the projection, and their part trunks
+        # saw the crop as it is.
+        values = {"part_head": "pool", "global_skip": False, "part_input": "rgb", **values}
         if "regions" in values:
             try:
                 values["regions"] = parse_regions(values["regions"])
@@ -184,13 +186,15 @@ class TwinVerificationModel(nn.Module):
                  adaface_checkpoint: str | None | _Default = DEFAULT, part_weights: str = "none",
                  trust_checkpoint: bool = False, global_input_colour: str | None = None,
                  global_input_mean: float | None = None, global_input_std: float | None = None,
-                 part_head: str = "spatial", regions: tuple[str, ...] = PART_NAMES, global_skip: bool = True):
+                 part_head: str = "spatial", regions: tuple[str, ...] = PART_NAMES, global_skip: bool = True,
+                 part_input: str = "highpass"):
         """`adaface_checkpoint`: the global file, an AdaFace `.ckpt` or an ArcFace-aligned `.onnx`
         recogniser (default: `$TWIN_ADAFACE_CHECKPOINT`, else AdaFace in `pretrained/`); None builds
         an untrained IR (demos). `global_input_*`: an ONNX recogniser's input convention (default
         InsightFace's: RGB, mean 127.5, std 127.5). `part_weights` only initialises the part
         encoders (`none`, `imagenet` or a file); `part_head` is how each turns its map into a
-        vector; `regions` are the face regions, one part encoder each. `global_skip` adds a
+        vector, and `part_input` what its trunk sees of the crop (`highpass`: local detail only);
+        `regions` are the face regions, one part encoder each. `global_skip` adds a
         linear path from the global embedding to the output, so that training starts from the
         recogniser's geometry and the projection adds what the parts tell (see `forward`)."""
         super().__init__()
@@ -200,14 +204,14 @@ class TwinVerificationModel(nn.Module):
         convention = global_input_for(checkpoint, global_input_colour, global_input_mean, global_input_std)
         self.config = ModelConfig(adaface_arch, checkpoint, face_parts_embedding_dim, part_backbone, hidden_dim,
                                   embedding_dim, convention.colour, convention.mean, convention.std, part_head,
-                                  parse_regions(regions), global_skip)
+                                  parse_regions(regions), global_skip, part_input)
         self.adaface = build_global_branch(adaface_arch, checkpoint, convention, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
         # Recorded once: path, sha256 and input convention of the frozen file (None: untrained).
         self.global_file = None if checkpoint is None else file_record(checkpoint, convention)
         self.face_parts = FacePartsModel(part_backbone, face_parts_embedding_dim, part_weights, part_head,
-                                         regions=self.config.regions)
+                                         regions=self.config.regions, part_input=part_input)
         self.projection = nn.Sequential(
             nn.Linear(self.global_dim + self.face_parts.output_dim, hidden_dim),
             nn.ReLU(inplace=True),

@@ -25,6 +25,7 @@ IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 PART_BACKBONES = ("resnet50", "resnet34", "resnet18", "tiny")
 PART_HEADS = ("spatial", "pool")
+PART_INPUTS = ("highpass", "rgb")
 # Spatial head per backbone: (channels after the 1×1 convolution, side of the pooled grid).
 SPATIAL_HEAD = {"tiny": (8, 8), "resnet18": (16, 7), "resnet34": (16, 7), "resnet50": (16, 7)}
 _TORCHVISION_WEIGHTS = {
@@ -194,12 +195,36 @@ def run_checkpointed(segments: list[nn.Module], x: torch.Tensor) -> torch.Tensor
     return x
 
 
+def highpass_window(side: int) -> int:
+    """The local-mean window of the `highpass` input: about a ninth of the crop side, odd
+    (7 px at 64 px, 25 px at 224 px), so it spans the same share of the skin at any crop size."""
+    return side // 9 | 1
+
+
+def highpass(crops: torch.Tensor) -> torch.Tensor:
+    """Each pixel less the mean of its neighbourhood (`highpass_window`), per channel.
+
+    What stays is local detail: a mole, a scar, a freckle, the edge of a brow. What goes is
+    what varies from photo to photo of one face and says little about which twin it is:
+    the light's level, colour and gradient across the crop. The factor 3 brings the
+    result near unit spread again for the first convolution."""
+    window = highpass_window(crops.shape[-1])
+    local_mean = nn.functional.avg_pool2d(crops, window, stride=1, padding=window // 2, count_include_pad=False)
+    return (crops - local_mean) * 3
+
+
 class PartEncoder(nn.Module):
-    """One CNN trunk, a head reducer (`pool` or `spatial`) and a linear layer to the part embedding."""
+    """One CNN trunk, a head reducer (`pool` or `spatial`) and a linear layer to the part embedding.
+
+    `part_input`: what the trunk sees of the normalised crop, `highpass` (local detail only,
+    see `highpass`) or `rgb` (the crop as it is)."""
 
     def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none",
-                 head: str = "spatial"):
+                 head: str = "spatial", part_input: str = "highpass"):
         super().__init__()
+        if part_input not in PART_INPUTS:
+            raise ValueError(f"unknown part input {part_input!r}; choose one of {', '.join(PART_INPUTS)}")
+        self.part_input = part_input
         self.trunk, channels = build_trunk(backbone)
         load_trunk_weights(self.trunk, backbone, weights)
         self.reduce, width = build_head_reducer(head, backbone, channels)
@@ -207,6 +232,8 @@ class PartEncoder(nn.Module):
         self.activation_checkpointing = False
 
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        if self.part_input == "highpass":
+            crops = highpass(crops)
         if self.activation_checkpointing and self.training and torch.is_grad_enabled():
             return self.head(self.reduce(run_checkpointed(trunk_segments(self.trunk), crops)))
         return self.head(self.reduce(self.trunk(crops)))
@@ -216,11 +243,11 @@ class FacePartsModel(nn.Module):
     """One part encoder per region; output is the concatenation in `regions` order."""
 
     def __init__(self, backbone: str = "resnet50", embedding_dim: int = 128, weights: str = "none",
-                 head: str = "spatial", regions: tuple[str, ...] = PART_NAMES):
+                 head: str = "spatial", regions: tuple[str, ...] = PART_NAMES, part_input: str = "highpass"):
         super().__init__()
         self.embedding_dim = embedding_dim
         self.regions = parse_regions(regions)
-        self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights, head)
+        self.encoders = nn.ModuleDict({part: PartEncoder(backbone, embedding_dim, weights, head, part_input)
                                        for part in self.regions})
 
     def set_activation_checkpointing(self, enabled: bool) -> None:

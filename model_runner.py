@@ -161,4 +161,4 @@ def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel
         adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
         global_input_colour=config.global_input_colour_or_none, global_input_mean=config.global_input_mean,
         global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint, part_head=config.part_head,
-        regions=config.region_names, global_skip=config.global_skip)
+        regions=config.region_names, global_skip=config.global_skip, part_input=config.part_input)

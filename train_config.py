@@ -17,7 +17,7 @@ from typing import Any
 from cli_errors import EXIT_USAGE, ExpectedError
 from cutout import REGION_NAMES, REGION_SETS, parse_regions
 from distributed import DEVICE_PATTERN
-from face_parts_model import PART_BACKBONES, PART_HEADS
+from face_parts_model import PART_BACKBONES, PART_HEADS, PART_INPUTS
 from global_branch import default_global_model
 from mining import LOSSES
 from net import ADAFACE_ARCHS
@@ -31,7 +31,7 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # Keys added after runs were already being made, whose default changed what a run does: a
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
-                   "global_skip": False}
+                   "global_skip": False, "part_loss_weight": 0.0, "part_input": "rgb"}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights; where the part
 # crops are augmented follows the device, which may change, and both places draw from the same ranges.)
@@ -87,6 +87,10 @@ class TrainConfig:
     part_head: str = _key("part encoder head: spatial (1×1 conv to a few channels, flattened map, linear: "
                           "keeps where a mark is) or pool (global average pool, linear)", default="spatial",
                           metadata={"choices": PART_HEADS})
+    part_input: str = _key("what the part trunks see of each crop: highpass (each pixel less its "
+                           "neighbourhood's mean: local detail such as moles and scars, without the light's "
+                           "level, colour and gradient) or rgb (the crop as it is)", default="highpass",
+                           metadata={"choices": PART_INPUTS})
     global_skip: bool = _key("add a linear path from the global embedding straight to the output embedding "
                              "(the projection adds what the parts tell to the recogniser's geometry)", default=True)
     hidden_dim: int = _key("hidden width of the projection", default=512)
@@ -108,6 +112,10 @@ class TrainConfig:
                                       "cosine similarity of the frozen global recogniser (general impostors stay "
                                       "as well told apart as the recogniser tells them; --sampler families; "
                                       "pointless with an untrained global branch); 0 = none", default=1.0)
+    part_loss_weight: float = _key("weight of the same mining loss on the part embeddings alone (the "
+                                   "regions' unit-length embeddings, concatenated): the part encoders must tell "
+                                   "the batch's identities apart by themselves, not only through the projection "
+                                   "(--sampler families); 0 = none", default=0.0)
     virtual_twins: float = _key("share of a family batch's families that get a virtual twin: a sibling made of "
                                 "K images of one member with the same synthetic local marks painted on, so the "
                                 "model learns that a persistent local detail is identity (--sampler families; "
@@ -199,6 +207,8 @@ class TrainConfig:
         check(self.families_per_batch >= 1, "families_per_batch", "must be at least 1")
         check(math.isfinite(self.global_distillation) and self.global_distillation >= 0, "global_distillation",
               "must be a number ≥ 0")
+        check(math.isfinite(self.part_loss_weight) and self.part_loss_weight >= 0, "part_loss_weight",
+              "must be a number ≥ 0")
         check(0 <= self.virtual_twins <= 1, "virtual_twins", "must be within 0..1")
         check(self.images_per_identity >= 2, "images_per_identity", "must be at least 2 (an anchor needs a positive)")
         check((self.sampler == "triplets") == (self.loss == "triplet"), "loss",
@@ -208,8 +218,8 @@ class TrainConfig:
             parse_regions(self.regions)
         except ValueError as error:
             raise ConfigError(f"regions={self.regions!r}: {error}") from None
-        for key in ("adaface_arch", "part_backbone", "part_head", "sampler", "loss", "negative_strategy",
-                    "augment_on_device", "precision", "channels_last", "global_input_colour"):
+        for key in ("adaface_arch", "part_backbone", "part_head", "part_input", "sampler", "loss",
+                    "negative_strategy", "augment_on_device", "precision", "channels_last", "global_input_colour"):
             choices = self.field_metadata(key)["choices"]
             check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")
 
