@@ -193,13 +193,16 @@ def batch_loss(model, batch: dict[str, torch.Tensor], parts_uint8: torch.Tensor,
     global_embedding = step_tensor(batch, "global", config.sampler, device)
     parts = runner.parts_to_device(parts_uint8, device, channels_last, config.region_names)
     with runner.autocast(device, dtype):
-        embedding = model(None, parts, global_embedding=global_embedding).embedding
+        output = model(None, parts, global_embedding=global_embedding)
+    embedding = output.embedding
     images = len(parts_uint8)
     if config.sampler == "families":
         family = batch["family"].to(device, non_blocking=True)
-        mined = mining.mined_loss(config.loss, embedding, batch["identity"].to(device, non_blocking=True), family,
-                                  config.triplet_margin)
+        identity = batch["identity"].to(device, non_blocking=True)
+        mined = mining.mined_loss(config.loss, embedding, identity, family, config.triplet_margin)
         loss = mined.loss
+        if config.part_loss_weight > 0:
+            loss = loss + config.part_loss_weight * parts_loss(output.parts_embedding, config, identity, family)
         if config.global_distillation > 0:
             loss = loss + config.global_distillation * mining.global_similarity_loss(embedding, global_embedding,
                                                                                      family)
@@ -221,6 +224,14 @@ def check_finite_loss(loss_sum: float, config: TrainConfig, epoch: int, first_st
         raise NonFiniteLossError(f"non-finite loss at epoch {epoch + 1}, in global steps {first_step}..{last_step}; "
                                  f"the last good checkpoint is "
                                  f"{Path(config.output_dir) / 'checkpoints' / 'latest.pth'}")
+
+
+def parts_loss(parts: torch.Tensor, config: TrainConfig, identity: torch.Tensor, family: torch.Tensor) -> torch.Tensor:
+    """The step's mining loss on the part embeddings alone (each region unit-length, concatenated,
+    then unit-length again): the part encoders must tell the batch's identities apart by
+    themselves, not only through the projection, which can learn the training twins by heart."""
+    return mining.mined_loss(config.loss, torch.nn.functional.normalize(parts.float(), dim=1), identity, family,
+                             config.triplet_margin).loss
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainConfig,
