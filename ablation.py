@@ -48,6 +48,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "families + batch_all, no global distillation": dict(sampler="families", loss="batch_all",
                                                          global_distillation=0.0),
     "families + batch_all, virtual twins 0.5": dict(sampler="families", loss="batch_all", virtual_twins=0.5),
+    "families + batch_all, rgb part input": dict(sampler="families", loss="batch_all", part_input="rgb"),
+    "families + batch_all, parts loss 1.0": dict(sampler="families", loss="batch_all", part_loss_weight=1.0),
 }
 PARTS_ONLY = "parts only (default recipe, global embedding zeroed)"
 

@@ -322,3 +322,46 @@ def test_global_skip_is_trained_saved_and_absent_from_older_checkpoints(adaface_
     saved = older.deployable_checkpoint(part_crop_size=32)
     del saved["model_config"]["global_skip"]
     assert TwinVerificationModel.from_checkpoint(saved).global_skip is None
+
+
+def test_highpass_keeps_local_detail_and_drops_the_light():
+    from face_parts_model import highpass, highpass_window
+
+    assert (highpass_window(64), highpass_window(112), highpass_window(224)) == (7, 13, 25)
+    generator = torch.Generator().manual_seed(0)
+    crops = torch.randn(2, 3, 64, 64, generator=generator)
+    # A brighter or tinted photo (a constant per channel) and a gentle gradient of light across
+    # the crop change nothing away from the borders.
+    tint = torch.tensor([0.5, -0.3, 0.2]).view(1, 3, 1, 1)
+    gradient = torch.linspace(-0.2, 0.2, 64).view(1, 1, 1, 64)
+    assert torch.allclose(highpass(crops + tint), highpass(crops), atol=1e-5)
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3))
+    assert torch.allclose(highpass(crops + gradient)[inner], highpass(crops)[inner], atol=1e-5)
+    # A dark spot stays, where it is.
+    spotted = crops.clone()
+    spotted[:, :, 30:33, 40:43] -= 2.0
+    change = (highpass(spotted) - highpass(crops)).abs().sum((0, 1))
+    assert change[30:33, 40:43].mean() > 10 * change[:20, :20].mean()
+
+
+def test_part_input_choice_reaches_the_trunk_and_checkpoints(adaface_file, tmp_path):
+    from face_parts_model import PartEncoder
+
+    torch.manual_seed(0)
+    highpassed, plain = PartEncoder("tiny", 12, part_input="highpass"), PartEncoder("tiny", 12, part_input="rgb")
+    plain.load_state_dict(highpassed.state_dict())
+    crops = torch.randn(2, 3, 64, 64)
+    brighter = crops + 0.5
+    highpassed.eval(), plain.eval()
+    assert torch.allclose(highpassed(crops), highpassed(brighter), atol=1e-5)
+    assert not torch.allclose(plain(crops), plain(brighter), atol=1e-3)
+    with pytest.raises(ValueError, match="part input"):
+        PartEncoder("tiny", part_input="edges")
+    model = TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file), part_input="rgb")
+    saved = model.deployable_checkpoint()
+    assert TwinVerificationModel.from_checkpoint(saved).config.part_input == "rgb"
+    # A checkpoint from before the choice existed: its trunks saw the crop as it is.
+    del saved["model_config"]["part_input"]
+    rebuilt = TwinVerificationModel.from_checkpoint(saved)
+    assert rebuilt.config.part_input == "rgb" and rebuilt.face_parts.encoders["nose"].part_input == "rgb"
+    assert TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file)).config.part_input == "highpass"

@@ -178,6 +178,33 @@ def test_runs_from_before_a_key_existed_resume_as_they_ran(finished_run, tmp_pat
     assert TrainConfig.from_dict(saved).augment_on_device == "auto" and not TrainConfig.from_dict(saved).compile
 
 
+def test_runs_from_before_highpass_input_and_parts_loss_resume_as_they_ran(finished_run, tmp_path):
+    """A saved config without `part_input` or `part_loss_weight` was made with the crop as it is
+    and no parts loss: it resumes with those values and is refused with today's defaults."""
+    config, _, _ = finished_run
+    config = config.with_absolute_data_paths()
+    saved = {k: v for k, v in config.to_dict().items() if k not in ("part_input", "part_loss_weight")}
+    train.check_resumable(saved, replace(config, part_input="rgb", part_loss_weight=0.0), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match="part_input: 'rgb' → 'highpass'"):
+        train.check_resumable(saved, replace(config, part_input="highpass", part_loss_weight=0.0),
+                              tmp_path / "latest.pth")
+
+
+def test_parts_loss_is_the_mining_loss_on_the_part_embeddings_alone():
+    import mining
+
+    generator = torch.Generator().manual_seed(0)
+    parts = torch.randn(16, 5 * 8, generator=generator, requires_grad=True)  # five regions of 8
+    identity = torch.arange(4).repeat_interleave(4)
+    family = identity // 2
+    config = TrainConfig(loss="batch_all", triplet_margin=0.5, face_parts_embedding_dim=8)
+    loss = train.parts_loss(parts, config, identity, family)
+    expected = mining.mined_loss("batch_all", torch.nn.functional.normalize(parts, dim=1), identity, family, 0.5).loss
+    assert torch.allclose(loss, expected) and loss > 0
+    loss.backward()
+    assert parts.grad.abs().sum() > 0
+
+
 def test_compile_wraps_the_training_steps_and_checkpoints_keep_the_models_keys(synthetic_data, tmp_path,
                                                                                monkeypatch):
     """torch.compile (here with the eager backend: traced, nothing generated) wraps what the steps
