@@ -75,14 +75,16 @@ def benchmark_config(size: str, device: torch.device, batch_size: int, workers: 
 
 
 def measure(size: str, device: torch.device, batch_size: int, steps: int, workers: int, folder: Path,
-            precision: str = "auto", compiled: bool = False) -> dict:
-    """Timed training steps; `compiled`: through `torch.compile`, as `--compile` trains."""
+            precision: str = "auto", compiled: bool = False, checkpointing: bool = False) -> dict:
+    """Timed training steps; `compiled`: through `torch.compile`, as `--compile` trains;
+    `checkpointing`: the part trunks recompute their activations, as `--activation-checkpointing`."""
     config = benchmark_config(size, device, batch_size, workers, folder, precision)
     data = {k: getattr(config, k) for k in ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_path")}
     index = FaceDataIndex.load(*(Path(data[k]) for k in ("face_parts_dataset_path", "tensor_dataset_path",
                                                          "twin_pairs_path")))
     context = distributed.Context(device=device)
     model = build_model(config).to(device)
+    model.face_parts.set_activation_checkpointing(checkpointing)
     if uses_channels_last(config.channels_last, device):
         model.face_parts.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -103,6 +105,7 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     stats = run(steps)
     step_seconds = batch_size / stats["triplets_per_second"]
     result = {"size": size, "device": str(device), "batch": batch_size, "precision": precision, "compiled": compiled,
+              "checkpointing": checkpointing,
               "triplets_per_second": stats["triplets_per_second"],
               "part_images_per_second": stats["part_images_per_second"],
               "step_ms": 1000 * step_seconds, "data_wait_ms": 1000 * step_seconds * stats["data_wait_fraction"],
@@ -189,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true",
                         help="train through torch.compile, as training's --compile (timed steps, --largest-batch and "
                              "--training-run; compilation is in the warm-up, or in the first epoch of a run)")
+    parser.add_argument("--activation-checkpointing", action="store_true",
+                        help="timed steps with the part trunks' activations recomputed in the backward pass, as "
+                             "training's --activation-checkpointing (less memory, more compute)")
     parser.add_argument("--training-run", type=int, metavar="EPOCHS",
                         help="instead of timed steps, run this many whole epochs of training (validation and "
                              "checkpoints included) and report their time")
@@ -209,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.loader_only:
                 run = loader_throughput(size, batch, workers, Path(folder))
                 print(f"{size:5s} loader alone, {workers} loader process(es): {run['part_images_per_second']:.0f} "
-                      f"part-images/s ({run['per_process']:.0f} per process) over {run['part_images']} part-images")
+                      f"part-images/s ({run['per_process']:.0f} part-images/s per core, one loader process per "
+                      f"core) over {run['part_images']} part-images")
                 continue
             if args.training_run is not None:
                 run = training_run(size, device, batch, workers, Path(folder), args.precision, args.training_run,
@@ -222,10 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = largest_batch(size, device, batch, steps, workers, Path(folder), args.precision,
                                        args.compile)
             else:
-                result = measure(size, device, batch, steps, workers, Path(folder), args.precision, args.compile)
+                result = measure(size, device, batch, steps, workers, Path(folder), args.precision, args.compile,
+                                 args.activation_checkpointing)
             share = f", {100 * result['share_of_peak']:.1f}% of bf16 peak" if "share_of_peak" in result else ""
             limit = f" (out of memory at {result['out_of_memory_at']})" if "out_of_memory_at" in result else ""
-            compiled = " compiled" if result["compiled"] else ""
+            compiled = (" compiled" if result["compiled"] else "") + (" activation-checkpointed"
+                                                                       if result["checkpointing"] else "")
             print(f"{size:5s} {result['device']:6s} {result['precision']}{compiled} batch {result['batch']:3d}{limit}: "
                   f"{result['triplets_per_second']:8.1f} triplets/s, {result['part_images_per_second']:8.0f} "
                   f"part-images/s | step {result['step_ms']:8.1f} ms = data wait {result['data_wait_ms']:7.1f} + "

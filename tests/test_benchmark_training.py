@@ -26,6 +26,20 @@ def test_compiled_steps_go_through_torch_compile_and_say_so(capsys, monkeypatch)
     assert "small cpu    fp32 compiled batch   2" in capsys.readouterr().out.strip().splitlines()[-1]
 
 
+def test_activation_checkpointed_steps_recompute_and_say_so(capsys, monkeypatch):
+    import face_parts_model
+
+    recomputed = []
+    real = face_parts_model.run_checkpointed
+    monkeypatch.setattr(face_parts_model, "run_checkpointed",
+                        lambda segments, x: recomputed.append(len(segments)) or real(segments, x))
+    assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--steps", "1", "--batch-size", "2",
+                                    "--precision", "fp32", "--activation-checkpointing"]) == 0
+    assert recomputed  # every part trunk of every training step
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "fp32 activation-checkpointed batch   2" in line and "peak memory" in line
+
+
 def test_largest_batch_without_cuda_is_a_usage_error(capsys):
     assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--largest-batch"]) == 2
     assert "--largest-batch needs a CUDA device" in capsys.readouterr().err
@@ -40,7 +54,9 @@ def test_a_training_run_reports_its_epochs(capsys):
 def test_the_loader_alone_reports_part_images_per_second(capsys):
     assert benchmark_training.main(["--devices", "cpu", "--sizes", "small", "--batch-size", "2", "--workers", "0",
                                     "--loader-only"]) == 0
-    assert re.search(r"loader alone, 0 loader process\(es\): \d+ part-images/s", capsys.readouterr().out)
+    output = capsys.readouterr().out
+    assert re.search(r"loader alone, 0 loader process\(es\): \d+ part-images/s", output)
+    assert re.search(r"\d+ part-images/s per core", output)
 
 
 def test_every_benchmark_flag_the_gpu_check_uses_exists(capsys):
