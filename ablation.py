@@ -49,7 +49,7 @@ RECIPES: dict[str, dict[str, Any]] = {
                                                          global_distillation=0.0),
     "families + batch_all, virtual twins 0.5": dict(sampler="families", loss="batch_all", virtual_twins=0.5),
     "families + batch_all, rgb part input": dict(sampler="families", loss="batch_all", part_input="rgb"),
-    "families + batch_all, parts loss 1.0": dict(sampler="families", loss="batch_all", part_loss_weight=1.0),
+    "families + batch_all, no parts loss": dict(sampler="families", loss="batch_all", part_loss_weight=0.0),
 }
 PARTS_ONLY = "parts only (default recipe, global embedding zeroed)"
 

@@ -115,7 +115,7 @@ class TrainConfig:
     part_loss_weight: float = _key("weight of the same mining loss on the part embeddings alone (the "
                                    "regions' unit-length embeddings, concatenated): the part encoders must tell "
                                    "the batch's identities apart by themselves, not only through the projection "
-                                   "(--sampler families); 0 = none", default=0.0)
+                                   "(--sampler families); 0 = none", default=1.0)
     virtual_twins: float = _key("share of a family batch's families that get a virtual twin: a sibling made of "
                                 "K images of one member with the same synthetic local marks painted on, so the "
                                 "model learns that a persistent local detail is identity (--sampler families; "
