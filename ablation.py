@@ -1,6 +1,6 @@
 """Which training recipe tells the demo's simulated twins apart: every recipe, 3 seeds, one table.
 
-    python ablation.py [--output-dir demo_output/ablation] [--seeds 0 1 2] [--train-images 3000]
+    python ablation.py [--output-dir demo_output/ablation] [--seeds 0 1 2] [--train-images 9000]
                        [--simulator default|legacy] [--global-model auto|none|FILE]
     make ablation
 
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", type=Path, default=REPO / "demo_output" / "ablation")
     parser.add_argument("--photos", type=Path, help="folder with one sub-folder of photos per person")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--train-images", type=int, default=3000, help="training budget of each run in "
+    parser.add_argument("--train-images", type=int, default=9000, help="training budget of each run in "
                         "encoded images; each recipe trains for the epochs that take (default: %(default)s)")
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES),
                         metavar="RECIPE", help=f"any of: {'; '.join(RECIPES)} (default: all)")
