@@ -95,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scratch-dir", type=Path, default=Path("."),
                         help="where the timed extractions write (use the disk you will extract to)")
     args = parser.parse_args(argv)
+    args.scratch_dir.mkdir(parents=True, exist_ok=True)
 
     base = dataset_from_folders(args.image_folder)
     dataset = {f"{person}#{copy}": images for copy in range(args.repeat) for person, images in base.items()}

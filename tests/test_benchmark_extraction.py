@@ -1,0 +1,18 @@
+"""The extraction benchmark: both throughputs and their ratio, into a scratch folder it makes."""
+
+import re
+
+import benchmark_extraction
+
+
+def test_extraction_and_landmarker_throughput_and_their_ratio(copy_photos, landmarker_model, tmp_path, capsys):
+    photos = copy_photos({"biden": ["biden.jpg"], "audrey_hepburn": ["audrey.jpg"]})
+    scratch = tmp_path / "not" / "yet" / "there"
+    assert benchmark_extraction.main(["--image-folder", str(photos), "--repeat", "2", "--workers", "1",
+                                      "--landmarker-model", str(landmarker_model),
+                                      "--scratch-dir", str(scratch)]) == 0
+    output = capsys.readouterr().out
+    assert "4 photos (2 distinct, each 2 times)" in output
+    assert re.search(r"workers=1: decode\+landmarker +[\d.]+ img/s \| whole extraction +[\d.]+ img/s \| ratio +[\d.]+%",
+                     output)
+    assert scratch.is_dir() and not any(scratch.iterdir())  # the timed extractions clean up after themselves
