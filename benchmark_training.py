@@ -35,8 +35,7 @@ from cli_errors import EXIT_USAGE, ExpectedError, cli_main
 from synthetic_extraction import write_synthetic_extraction
 from train_config import PRECISIONS, TrainConfig
 from train_twin_verification import epoch_batches, run_training
-from model_runner import (augments_on_device, autocast_dtype, build_model, grad_scaler, make_loader,
-                          uses_channels_last)
+from model_runner import autocast_dtype, build_model, grad_scaler, make_loader, on_for_device
 from train_twin_verification import train_one_epoch
 from triplet_dataset import FaceDataIndex, TripletDataset, Triplets, draw_triplets
 
@@ -85,14 +84,14 @@ def measure(size: str, device: torch.device, batch_size: int, steps: int, worker
     context = distributed.Context(device=device)
     model = build_model(config).to(device)
     model.face_parts.set_activation_checkpointing(checkpointing)
-    if uses_channels_last(config.channels_last, device):
+    if on_for_device(config.channels_last, device):
         model.face_parts.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     scaler = grad_scaler(device, autocast_dtype(config.precision, device))
     cache = torch.randn(len(index.images), 1, 512)
     config = replace(config, augment=True, sampler="triplets", loss="triplet")
-    on_device = augments_on_device(config.augment_on_device, device)
+    on_device = on_for_device(config.augment_on_device, device)
     loader = lambda count: make_loader(TripletDataset(index, repeated_triplets(index, count * batch_size), cache,
                                                       True, config.seed, 0, augment_on_device=on_device),
                                        batch_size, workers, device)

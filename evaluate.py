@@ -93,7 +93,7 @@ def split_embeddings(model, index, persons, global_all, config, context, parts_o
     combined = runner.embed_images(model, index, numbers, torch.zeros_like(global_all) if parts_only else global_all,
                                    context,
                                    runner.autocast_dtype(config.precision, context.device),
-                                   runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
+                                   runner.on_for_device(config.channels_last, context.device), config.num_workers)
     embeddings = {"combined": combined,
                   "adaface": global_all[numbers].numpy()}
     for name, values in embeddings.items():

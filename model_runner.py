@@ -49,14 +49,10 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def uses_channels_last(setting: str, device: torch.device) -> bool:
-    """`on`, `off`, or `auto` (on for CUDA, where cuDNN prefers NHWC)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
-
-
-def augments_on_device(setting: str, device: torch.device) -> bool:
-    """`on`, `off`, or `auto` (on for CUDA, where a batch warps in a fraction of the time that
-    loader processes need for it)."""
+def on_for_device(setting: str, device: torch.device) -> bool:
+    """An `on`/`off`/`auto` setting on `device`: `auto` is on for CUDA. Used for channels_last
+    (cuDNN prefers NHWC) and for augmenting part crops on the device (a GPU warps a batch in a
+    fraction of the time that loader processes need for it)."""
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 

@@ -140,7 +140,7 @@ def epoch_batches(index, persons: list[str], cache, config: TrainConfig, context
                   epoch: int):
     """This process's loader for one epoch, and its number of steps (a function of seed and epoch)."""
     device = context.device
-    on_device = runner.augments_on_device(config.augment_on_device, device)
+    on_device = runner.on_for_device(config.augment_on_device, device)
     if config.sampler == "families":
         batches = epoch_family_batches(index, persons, config.families_per_batch, config.images_per_identity,
                                        config.seed, epoch, context.rank, context.world_size, config.virtual_twins)
@@ -243,7 +243,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, batches, config: TrainC
     """
     device = context.device
     dtype = runner.autocast_dtype(config.precision, device)
-    channels_last = runner.uses_channels_last(config.channels_last, device)
+    channels_last = runner.on_for_device(config.channels_last, device)
     model.train()
     totals = torch.zeros(len(STEP_STATISTICS), dtype=torch.float64, device=device)
     checked_step = global_step  # the losses of the steps after this one are not yet known to be finite
@@ -345,7 +345,7 @@ class Validator:
         embeddings = runner.embed_images(
             model, self.index, self.numbers, global_embeddings, context,
             runner.autocast_dtype(config.precision, context.device),
-            runner.uses_channels_last(config.channels_last, context.device), config.num_workers)
+            runner.on_for_device(config.channels_last, context.device), config.num_workers)
         result = {"val_loss": None}
         if self.triplets is not None:
             anchor, positive, negative = (torch.from_numpy(embeddings[c]) for c in self.triplets)
@@ -475,7 +475,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
     cache = global_cache(model, index, config, context, output / "cache")
     model.to(context.device)
     model.face_parts.set_activation_checkpointing(config.activation_checkpointing)
-    if runner.uses_channels_last(config.channels_last, context.device):
+    if runner.on_for_device(config.channels_last, context.device):
         model.face_parts.to(memory_format=torch.channels_last)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
