@@ -53,6 +53,22 @@ class FaceInputs:
     landmarks_px: np.ndarray          # float32 (478, 3): x, y in pixels; z as MediaPipe gives it
 
 
+def adaface_input_array(aligned_bgr: np.ndarray) -> np.ndarray:
+    """AdaFace's input contract: aligned BGR uint8 → float32 `(x/255 − 0.5)/0.5`, channels first.
+
+    `aligned_bgr` is `112×112×3` (one face → `3×112×112`) or `B×112×112×3`
+    (→ `B×3×112×112`), **BGR** channel order, as AdaFace was trained.
+    """
+    array = np.asarray(aligned_bgr)
+    size = cutout.ALIGNED_FACE_SIZE
+    if array.dtype != np.uint8 or array.shape[-3:] != (size, size, 3):
+        raise ValueError(f"expected uint8 …×{size}×{size}×3 BGR, got {array.dtype} {array.shape}")
+    # Same arithmetic as AdaFace's own `to_input` (float64, then cast), so the values
+    # match it bit for bit.
+    scaled = ((array / 255.0) - 0.5) / 0.5
+    return np.ascontiguousarray(np.moveaxis(scaled, -1, -3), dtype=np.float32)
+
+
 def to_rgb8(image: Image.Image) -> np.ndarray:
     """RGB uint8 `H×W×3` of a decoded image of any mode.
 

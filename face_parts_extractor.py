@@ -54,15 +54,17 @@ from atomic_files import (atomic_directory, naming, remove_stale_temporaries, sh
                           write_bytes_atomic, write_json_atomic, write_text_atomic)
 from cli_errors import EXIT_INTERRUPTED, ExpectedError, cli_main
 from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, FaceInputs, FaceLandmarkDetector,
-                         ImageDecodeError, LandmarkerModelError, NoFaceError, face_inputs, read_image)
+                         ImageDecodeError, LandmarkerModelError, NoFaceError, adaface_input_array, face_inputs,
+                         read_image)
 from packed_crops import PACKED_INDEX, pack_extraction, packed_folder_of
+from tensor_files import float_tensor_file_bytes
 
 EXIT_OK, EXIT_FATAL, EXIT_SOME_FAILED = 0, 1, 3
 PARTS_INDEX = "face_parts_dataset.json"
 TENSOR_INDEX = "tensor_dataset.json"
 FAILURES_REPORT = "failures.csv"
 WARNINGS_REPORT = "warnings.csv"
-DETECTION_FILE = "detection.json"  # per photo: how many faces the landmarker found
+DETECTION_FILE = "detection.json"  # in a photo's folder when the landmarker found several faces: how many
 SETTINGS_FILE = "extraction.json"
 ALIGNED_FACE_NAME = "aligned_face"
 ADAFACE_INPUT_FILE = "adaface_input.pt"
@@ -191,17 +193,12 @@ def encode_image(image_bgr: np.ndarray, image_format: str) -> bytes:
 
 def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> None:
     """Write one face's files into `folder` (a temporary folder, renamed by the caller)."""
-    import torch
-
-    from net import adaface_input_tensor
-
     suffix = IMAGE_FORMATS[image_format][0]
     for part, crop_rgb in face.parts_rgb.items():
         (folder / f"{part}{suffix}").write_bytes(encode_image(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), image_format))
     (folder / f"{ALIGNED_FACE_NAME}{suffix}").write_bytes(encode_image(face.aligned_bgr, image_format))
-    buffer = io.BytesIO()  # serialised first, so that a write error is an OSError naming the file
-    torch.save(adaface_input_tensor(face.aligned_bgr), buffer)
-    (folder / ADAFACE_INPUT_FILE).write_bytes(buffer.getvalue())
+    # Written without torch, so that extraction workers need not import it (tensor_files.py).
+    (folder / ADAFACE_INPUT_FILE).write_bytes(float_tensor_file_bytes(adaface_input_array(face.aligned_bgr)))
     np.save(folder / LANDMARKS_FILE, face.landmarks_px)
 
 
@@ -225,8 +222,8 @@ def save_face(job: ImageJob, rgb: np.ndarray, landmarks: np.ndarray, faces_found
     try:
         with atomic_directory(job.output) as folder:
             write_face_outputs(folder, face, settings.image_format)
-            # Kept with the photo, so that a rerun (which skips finished photos) still reports it.
-            (folder / DETECTION_FILE).write_text(json.dumps({"faces_found": faces_found}))
+            if faces_found > 1:  # kept with the photo, so that a rerun (which skips finished photos) still warns
+                (folder / DETECTION_FILE).write_text(json.dumps({"faces_found": faces_found}))
     except OSError as error:  # a full disk or a read-only folder stops the run, naming the folder
         raise naming(error, job.output) from None
     return None
@@ -256,8 +253,6 @@ _worker_state: dict = {}
 
 
 def _init_worker(model_path: str, settings: ExtractionSettings) -> None:
-    import torch  # noqa: F401  (imported once here, not inside the first photo's timing)
-
     cv2.setNumThreads(1)
     detector = FaceLandmarkDetector(model_path)
     writer = ThreadPoolExecutor(1)
@@ -377,7 +372,7 @@ def several_faces(jobs: list[ImageJob]) -> list[tuple[str, str, int]]:
     found = []
     for job in jobs:
         record = job.output / DETECTION_FILE
-        if record.is_file():  # folders from before this record existed have none
+        if record.is_file():  # written only for several faces
             count = int(json.loads(record.read_text())["faces_found"])
             if count > 1:
                 found.append((str(job.source), job.person_id, count))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cli_errors import ExpectedError
+from face_images import adaface_input_array
 
 ADAFACE_INPUT_SIZE = 112
 ADAFACE_EMBEDDING_DIM = 512
@@ -41,18 +42,8 @@ _KEYS_SHOWN = 5
 
 
 def adaface_input_tensor(aligned_bgr: np.ndarray) -> torch.Tensor:
-    """AdaFace's input contract: aligned BGR uint8 → float `(x/255 − 0.5)/0.5`, channels first.
-
-    `aligned_bgr` is `112×112×3` (one face → `3×112×112`) or `B×112×112×3`
-    (→ `B×3×112×112`), **BGR** channel order, as AdaFace was trained.
-    """
-    array = np.asarray(aligned_bgr)
-    if array.dtype != np.uint8 or array.shape[-3:] != (ADAFACE_INPUT_SIZE, ADAFACE_INPUT_SIZE, 3):
-        raise ValueError(f"expected uint8 …×112×112×3 BGR, got {array.dtype} {array.shape}")
-    # Same arithmetic as AdaFace's own `to_input` (float64, then cast), so the values
-    # match it bit for bit; NumPy also keeps this off torch's thread pool.
-    scaled = ((array / 255.0) - 0.5) / 0.5
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(scaled, -1, -3), dtype=np.float32))
+    """AdaFace's input contract as a tensor: `face_images.adaface_input_array` (which says it)."""
+    return torch.from_numpy(adaface_input_array(aligned_bgr))
 
 
 def _key_sample(keys: set[str]) -> str:
