@@ -13,6 +13,19 @@ def test_extraction_and_landmarker_throughput_and_their_ratio(copy_photos, landm
                                       "--scratch-dir", str(scratch)]) == 0
     output = capsys.readouterr().out
     assert "4 photos (2 distinct, each 2 times)" in output
+    assert re.search(r"so the 8 files of a photo take [\d.]+ ms of one core", output)
     assert re.search(r"workers=1: decode\+landmarker +[\d.]+ img/s \| whole extraction +[\d.]+ img/s \| ratio +[\d.]+%",
                      output)
     assert scratch.is_dir() and not any(scratch.iterdir())  # the timed extractions clean up after themselves
+
+
+def test_files_per_photo_is_what_extraction_writes(copy_photos, landmarker_model, tmp_path):
+    from face_parts_extractor import ExtractionSettings, dataset_from_folders, extract_dataset
+
+    photos = copy_photos({"biden": ["biden.jpg"]})
+    for regions in (("nose",), ("left_eye", "right_eye", "nose", "mouth", "chin", "forehead")):
+        output = tmp_path / f"out{len(regions)}"
+        extract_dataset(dataset_from_folders(photos), photos, output, ExtractionSettings(crop_size_px=32, regions=regions),
+                        landmarker_model=landmarker_model, progress=False, contact_sheet_images=0)
+        folder, = (output / "biden").iterdir()
+        assert len(list(folder.iterdir())) == benchmark_extraction.files_per_photo(len(regions))
