@@ -166,12 +166,15 @@ def write_plots(test: dict[str, Any], labels: dict[str, str], output: Path) -> N
     save_figure(figure, output / "roc.png")
     figure, panels = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
     for panel, name in zip(panels, MODELS):
+        # pairs turned away by the recogniser's gate score below −1 (vp.GATED_OFFSET)
+        low = min(-1.0, float(test["scores"][name].min(initial=-1.0)))
         for kind, colour in vp.KIND_COLOURS.items():
             values = test["scores"][name][kinds == kind]
             if len(values):
-                panel.hist(values, bins=40, range=(-1, 1), density=True, alpha=0.5, color=colour,
-                           label=f"{vp.KIND_NAMES[kind]} ({len(values)})")
-        panel.set(title=labels[name], xlabel="cosine similarity")
+                panel.hist(values, bins=40 if low == -1.0 else 80, range=(low, 1), density=True, alpha=0.5,
+                           color=colour, label=f"{vp.KIND_NAMES[kind]} ({len(values)})")
+        panel.set(title=labels[name], xlabel="cosine similarity" if low == -1.0 else
+                  "cosine similarity (below −1: turned away by the recogniser's gate)")
         panel.legend(fontsize=7)
     save_figure(figure, output / "score_histograms.png")
 
@@ -266,8 +269,18 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
     val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
 
+    # The recogniser's gate (training's rule, on this validation; else the checkpoint's): pairs it
+    # takes for different people score below every pair it lets through. The parts-only scores
+    # show the parts by themselves, so they are not gated.
+    gate = None
+    if not parts_only:
+        gate = (vp.recogniser_gate(val["scores"]["adaface"], val["pairs"].kind, config.recogniser_gate)
+                if val is not None else checkpoint.get("recogniser_gate"))
+        for data in (test, val) if val is not None else (test,):
+            data["scores"]["combined"] = vp.gated_scores(data["scores"]["combined"], data["scores"]["adaface"], gate)
     labels = {"combined": ("twin model, parts only (global input zeroed)" if parts_only
-                           else f"twin model ({model.global_branch_label} + parts)"),
+                           else f"twin model ({model.global_branch_label} + parts"
+                                + (", behind its gate)" if gate is not None else ")")),
               "adaface": f"global alone: {model.global_branch_label}"}
     families = family_of(index)
     family_a = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].first])
@@ -280,6 +293,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         "threshold_source": (f"chosen on {len(split['val'])} validation identities ({threshold_rule})" if val
                              else "stored in the checkpoint (from training validation)"),
         "target_twin_far": target_twin_far if threshold_rule == TWIN_FAR_RULE and val else None,
+        "recogniser_gate": gate,
         "models": {}}
     for name in MODELS:
         if val is not None:
@@ -317,6 +331,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     if store_threshold and val is not None and not parts_only:
         checkpoint["threshold"] = report["models"]["combined"]["threshold"]
         checkpoint["threshold_rule"] = f"{report['models']['combined']['threshold_rule']} (evaluate.py)"
+        checkpoint["recogniser_gate"] = gate
         torch_save_atomic(checkpoint, checkpoint_path)
     return report
 

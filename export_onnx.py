@@ -9,7 +9,7 @@
                       ImageNet mean/std: `face_parts_model.part_encoder_input`)
                       + global_embedding B×G (`feature`)
                       → embedding B×D (unit length; cosine similarity ≥ threshold: same person)
-    twin_onnx.json    crop size, regions, threshold, global model and the input contracts
+    twin_onnx.json    crop size, regions, threshold, recogniser gate, global model and the input contracts
 
 Two graphs because the global branch is frozen: a deployment can run it once per photo
 and reuse its feature, as training does. The batch dimension is dynamic. When the global
@@ -281,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         "global_graph": GLOBAL_GRAPH, "local_graph": LOCAL_GRAPH, "part_crop_size": crop_size,
         "regions": list(model.config.regions),
         "threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
+        # same person only if, too, the global graph's features have at least this cosine similarity
+        "recogniser_gate": info.get("recogniser_gate"),
         "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
         "global_embedding_dim": model.global_dim, "embedding_dim": model.config.embedding_dim,
         "face_input": "BGR, (x/255 - 0.5)/0.5, Bx3x112x112 (net.adaface_input_tensor)",

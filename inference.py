@@ -8,7 +8,9 @@ A photo goes through the same steps as in extraction and training (`face_images`
 (the five parts for older checkpoints) at its
 `part_crop_size` + the aligned BGR face → unit-length embedding. Two photos show the same
 person when the cosine similarity of their embeddings is at least the threshold stored in
-the checkpoint. Exit status: 0 on a decision (or every photo embedded), 1 on bad input
+the checkpoint and, where the checkpoint holds a recogniser gate, the global model's own
+similarity of the two faces is at least that gate (below it the recogniser alone already
+tells them apart; the twin model decides between look-alikes). Exit status: 0 on a decision (or every photo embedded), 1 on bad input
 (the message names the file), 2 on bad arguments, 3 when `--embed` could not embed some photos
 (`cli_errors` lists every code). `--embed` never replaces an existing output with an empty one.
 
@@ -86,9 +88,10 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
     if not isinstance(checkpoint.get("part_crop_size"), int):
         raise CheckpointMismatchError(f"{path}: no integer 'part_crop_size'; inference needs the best.pth "
                                       "that training writes (checkpoints/best.pth)")
-    threshold = checkpoint.get("threshold")
-    if threshold is not None and not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
-        raise CheckpointMismatchError(f"{path}: its threshold {threshold!r} is not a finite number")
+    for key in ("threshold", "recogniser_gate"):
+        value = checkpoint.get(key)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            raise CheckpointMismatchError(f"{path}: its {key} {value!r} is not a finite number")
     try:
         model = TwinVerificationModel.from_checkpoint(checkpoint, adaface_checkpoint,
                                                       trust_checkpoint=trust_checkpoint)
@@ -101,10 +104,12 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
 @dataclass(frozen=True)
 class Verification:
     similarity: float   # cosine similarity of the two embeddings
-    threshold: float    # same person when similarity ≥ threshold
+    threshold: float    # same person when similarity ≥ threshold (and the pair passes the recogniser's gate)
     same_person: bool
     global_branch: str  # the global model the twin model was built on (AdaFace IR-50, an ONNX file's name)
     threshold_rule: str | None = None  # how the threshold was chosen (e.g. the validation twin FAR)
+    recogniser_similarity: float | None = None  # the global model's own cosine similarity of the two faces
+    recogniser_gate: float | None = None  # below it, different people whatever the similarity (None: no gate)
 
     @property
     def decision(self) -> str:
@@ -125,9 +130,12 @@ class TwinVerifier:
 
     def __init__(self, model: TwinVerificationModel, detector: FaceLandmarkDetector, part_crop_size: int,
                  threshold: float | None, global_branch: str, source: str = "<model>",
-                 threshold_rule: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
-        """`max_pixels`: larger photos are refused before they are decoded."""
+                 threshold_rule: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 recogniser_gate: float | None = None):
+        """`max_pixels`: larger photos are refused before they are decoded. `recogniser_gate`: pairs
+        whose global similarity is below it are different people (training's `recogniser_gate`)."""
         self.model, self.detector = model.eval(), detector
+        self.recogniser_gate = recogniser_gate
         self.max_pixels = max_pixels
         self.part_crop_size, self.threshold, self.threshold_rule = part_crop_size, threshold, threshold_rule
         self.global_branch, self.source = global_branch, source
@@ -144,7 +152,7 @@ class TwinVerifier:
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
                    info.get("global_branch", model.global_branch_label), str(path), info.get("threshold_rule"),
-                   max_pixels)
+                   max_pixels, info.get("recogniser_gate"))
 
     def prepare(self, image: ImageSource, name: str | None = None) -> FaceInputs:
         """Parts and aligned face of the largest face in a photo file or an RGB uint8 `H×W×3` array."""
@@ -162,17 +170,23 @@ class TwinVerifier:
             raise NoFaceError(f"{name}: no usable face ({error})") from None
 
     @torch.inference_mode()
-    def embed_faces(self, faces: Sequence[FaceInputs]) -> np.ndarray:
-        """Embeddings (float32 `N×D`, unit length) of prepared faces, in one batch."""
+    def embed_faces_and_global(self, faces: Sequence[FaceInputs]) -> tuple[np.ndarray, np.ndarray]:
+        """Twin-model embeddings and the global model's own features (both float32, unit length,
+        one row per face) of prepared faces, in one batch."""
         face_tensor = adaface_input_tensor(np.stack([f.aligned_bgr for f in faces])).to(self.device)
         parts = {part: part_encoder_input(torch.from_numpy(np.stack([f.parts_rgb[part] for f in faces]))
                                           .to(self.device).movedim(-1, -3))
                  for part in self.model.config.regions}
-        embeddings = self.model(face_tensor, parts).embedding.float().cpu().numpy()
-        if not np.isfinite(embeddings).all():
+        output = self.model(face_tensor, parts)
+        embeddings, features = (x.float().cpu().numpy() for x in (output.embedding, output.global_embedding))
+        if not (np.isfinite(embeddings).all() and np.isfinite(features).all()):
             raise NonFiniteEmbeddingError(f"{self.source}: the model gives NaN or infinite embeddings; its weights "
                                           "or inputs are broken, so no decision can be made")
-        return embeddings
+        return embeddings, features
+
+    def embed_faces(self, faces: Sequence[FaceInputs]) -> np.ndarray:
+        """Embeddings (float32 `N×D`, unit length) of prepared faces, in one batch."""
+        return self.embed_faces_and_global(faces)[0]
 
     def _embed(self, images: Iterable[ImageSource], batch_size: int,
                failures: list[tuple[int, str]] | None) -> tuple[np.ndarray, list[int]]:
@@ -221,10 +235,14 @@ class TwinVerifier:
         if threshold is None:
             raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
                                    "had no impostor pairs); give one (threshold=…, --threshold)")
-        similarity = self.similarity(a, b)
+        embeddings, features = self.embed_faces_and_global([self.prepare(a, "image 0"), self.prepare(b, "image 1")])
+        similarity = float(np.dot(*embeddings))
+        recogniser = float(np.dot(*features))
         if not math.isfinite(similarity):
             raise NonFiniteEmbeddingError(f"{self.source}: the similarity is {similarity}; no decision can be made")
-        return Verification(similarity, float(threshold), similarity >= threshold, self.global_branch, rule)
+        passes_gate = self.recogniser_gate is None or recogniser >= self.recogniser_gate
+        return Verification(similarity, float(threshold), passes_gate and similarity >= threshold, self.global_branch,
+                            rule, recogniser, self.recogniser_gate)
 
     def close(self) -> None:
         self.detector.close()
@@ -320,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"image_a": first, "image_b": second, **asdict(result), "decision": result.decision}))
     else:
         print(f"similarity:    {result.similarity:.4f}\nthreshold:     {result.threshold:.4f} "
-              f"({result.threshold_rule or 'rule not recorded'})\n"
-              f"decision:      {result.decision}\nglobal branch: {result.global_branch}")
+              f"({result.threshold_rule or 'rule not recorded'})")
+        if result.recogniser_gate is not None:
+            print(f"recogniser:    {result.recogniser_similarity:.4f} (gate {result.recogniser_gate:.4f}: below it, "
+                  "different people)")
+        print(f"decision:      {result.decision}\nglobal branch: {result.global_branch}")
     return EXIT_OK
 
 

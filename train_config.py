@@ -31,7 +31,8 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # Keys added after runs were already being made, whose default changed what a run does: a
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
-                   "global_skip": False, "part_loss_weight": 0.0, "part_input": "rgb"}
+                   "global_skip": False, "part_loss_weight": 0.0, "part_input": "rgb",
+                   "recogniser_gate": 0.0}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights; where the part
 # crops are augmented follows the device, which may change, and both places draw from the same ranges.)
@@ -158,6 +159,12 @@ class TrainConfig:
                                         "EER; 0 = never", default=15)
     target_twin_far: float = _key("the decision threshold stored in best.pth accepts at most this share of "
                                   "the validation twin impostors", default=1e-2)
+    recogniser_gate: float = _key("a gate on the frozen global recogniser's similarity: at the highest one it "
+                                  "gives a validation pair of unrelated people, but turning away at most this "
+                                  "share of the validation genuine pairs. A pair below it is two different "
+                                  "people whatever the twin model says, so the twin model decides only between "
+                                  "look-alikes (twins). Validation, best.pth, evaluate.py and inference.py all "
+                                  "use it; 0 = no gate", default=0.01)
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
                                            "there are more)", default=200_000)
     # --- run control (may change between resumes) ---
@@ -185,6 +192,7 @@ class TrainConfig:
               f"must leave some families for validation (train_split is {self.train_split})")
         check(0 <= self.twin_negative_fraction <= 1, "twin_negative_fraction", "must be within 0..1")
         check(0 < self.target_twin_far < 1, "target_twin_far", "must be between 0 and 1")
+        check(0 <= self.recogniser_gate < 1, "recogniser_gate", "must be within [0, 1)")
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
         for key in ("face_parts_embedding_dim", "hidden_dim", "embedding_dim", "log_every_steps"):
             check(getattr(self, key) >= 1, key, "must be at least 1")

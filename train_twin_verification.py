@@ -350,7 +350,9 @@ class Validator:
         if self.triplets is not None:
             anchor, positive, negative = (torch.from_numpy(embeddings[c]) for c in self.triplets)
             result["val_loss"] = triplet_loss(anchor, positive, negative, self.config.triplet_margin)[0].item()
-        scores = vp.cosine_scores(embeddings, self.pairs)
+        recogniser_scores = vp.cosine_scores(global_embeddings[self.numbers].float().numpy(), self.pairs)
+        result["recogniser_gate"] = vp.recogniser_gate(recogniser_scores, self.pairs.kind, config.recogniser_gate)
+        scores = vp.gated_scores(vp.cosine_scores(embeddings, self.pairs), recogniser_scores, result["recogniser_gate"])
         report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         for kind in ("twin", "general", "all"):
             result[f"{kind}_eer"] = report[kind]["eer"] if report[kind] else None
@@ -568,6 +570,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
                     torch_save_atomic(model.deployable_checkpoint(
                         epoch=epoch + 1, config=config.to_dict(), validation=validation, part_crop_size=crop_size,
                         threshold=validation["threshold"], threshold_rule=validation["threshold_rule"],
+                        recogniser_gate=validation["recogniser_gate"],
                         global_branch=model.global_branch_label), checkpoints / "best.pth")
                 torch_save_atomic({"format_version": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
                                    "model_state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),

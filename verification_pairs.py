@@ -86,6 +86,35 @@ def cosine_scores(embeddings: np.ndarray, pairs: Pairs) -> np.ndarray:
     return np.einsum("ij,ij->i", embeddings[pairs.first], embeddings[pairs.second])
 
 
+# A pair the recogniser's gate rejects scores this much lower: below −1, hence below every
+# pair it lets through (cosine similarities are ≥ −1) and below any threshold in [−1, 1].
+GATED_OFFSET = 2.0
+
+
+def recogniser_gate(global_scores: np.ndarray, kind: np.ndarray, genuine_reject: float) -> float | None:
+    """The recogniser's similarity below which a pair is taken for two different people.
+
+    It sits at the highest similarity the recogniser gives any (validation) general impostor,
+    a pair of unrelated people, so every such pair below it is one the recogniser alone tells
+    apart; but never above the `genuine_reject` quantile of the genuine pairs' similarities,
+    so the gate turns away at most that share of them even where the recogniser confuses
+    unrelated people. Twins look alike to the recogniser and pass; the twin model decides
+    them. None: no gate (`genuine_reject` 0, or no genuine or no general-impostor pairs).
+    """
+    scores, kind = np.asarray(global_scores), np.asarray(kind)
+    genuine, general = scores[kind == GENUINE], scores[kind == GENERAL]
+    if genuine_reject <= 0 or len(genuine) == 0 or len(general) == 0:
+        return None
+    return float(min(general.max(), np.quantile(genuine, genuine_reject, method="lower")))
+
+
+def gated_scores(scores: np.ndarray, global_scores: np.ndarray, gate: float | None) -> np.ndarray:
+    """The twin model's scores, less `GATED_OFFSET` where the recogniser's similarity is below `gate`."""
+    if gate is None:
+        return np.asarray(scores)
+    return np.where(np.asarray(global_scores) >= gate, scores, np.asarray(scores) - GATED_OFFSET)
+
+
 def impostor_selections(kind: np.ndarray) -> dict[str, np.ndarray]:
     """Masks of the pairs each report compares: genuine with twin, with general, with all impostors."""
     genuine = kind == GENUINE

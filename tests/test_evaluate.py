@@ -133,3 +133,35 @@ def test_a_run_started_with_relative_paths_evaluates_from_any_folder(synthetic_d
     assert report["test_identities"] >= 2 and report["pairs"]["genuine"] > 0
     monkeypatch.chdir(tmp_path)
     assert train.run_training(config)["finished"]  # the same relative command still resumes
+
+
+def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synthetic_data, tmp_path):
+    """Training and evaluation set the gate by one rule on the same validation pairs (two families
+    here, so there are general impostors); every test pair below it, and only those, scores below −1."""
+    import verification_pairs as vp
+
+    run = tmp_path / "run"
+    train.run_training(tiny_train_config(synthetic_data, run, num_epochs=1, train_split=0.2, test_split=0.4))
+    trained, output = run / "checkpoints" / "best.pth", tmp_path / "evaluation"
+    report = evaluate.evaluate(trained, output, bootstrap=0, workers=0, progress=False)
+    stored = torch.load(trained, weights_only=True)["recogniser_gate"]
+    assert isinstance(stored, float) and report["recogniser_gate"] == pytest.approx(stored)
+    assert report["models"]["combined"]["label"].endswith(", behind its gate)")
+    with open(output / "pairs.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    combined = np.array([float(r["score_combined"]) for r in rows])
+    recogniser = np.array([float(r["score_global"]) for r in rows])
+    assert ((combined < -1) == (recogniser < stored)).all() and (combined < -1).any()
+    assert combined.min() >= -1 - vp.GATED_OFFSET
+
+
+def test_runs_from_before_the_gate_resume_without_it(tmp_path):
+    from dataclasses import replace
+
+    from train_config import ConfigError, TrainConfig
+
+    config = TrainConfig().with_absolute_data_paths()
+    saved = {k: v for k, v in config.to_dict().items() if k != "recogniser_gate"}
+    train.check_resumable(saved, replace(config, recogniser_gate=0.0), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match="recogniser_gate: 0.0 → 0.01"):
+        train.check_resumable(saved, config, tmp_path / "latest.pth")

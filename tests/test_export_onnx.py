@@ -25,7 +25,8 @@ def exported(tmp_path_factory):
     model = TwinVerificationModel(adaface_arch="ir_18", part_backbone="tiny", face_parts_embedding_dim=16,
                                   hidden_dim=32, embedding_dim=16, adaface_checkpoint=None).eval()
     checkpoint = folder / "best.pth"
-    torch.save(model.deployable_checkpoint(part_crop_size=CROP_PX, threshold=0.25, global_branch="test"), checkpoint)
+    torch.save(model.deployable_checkpoint(part_crop_size=CROP_PX, threshold=0.25, recogniser_gate=0.3,
+                                           global_branch="test"), checkpoint)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = export_onnx.main(["--checkpoint", str(checkpoint), "--output-dir", str(folder / "onnx")])
@@ -43,6 +44,7 @@ def test_cli_writes_both_graphs_and_their_metadata(exported):
     assert sorted(p.name for p in output.iterdir()) == ["twin_global.onnx", "twin_local.onnx", "twin_onnx.json"]
     metadata = json.loads((output / export_onnx.METADATA_FILE).read_text())
     assert metadata["part_crop_size"] == CROP_PX and metadata["threshold"] == 0.25
+    assert metadata["recogniser_gate"] == 0.3
     assert max(metadata["max_differences"].values()) < export_onnx.DEFAULT_TOLERANCE
 
 

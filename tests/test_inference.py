@@ -62,11 +62,29 @@ def test_verify_uses_the_stored_threshold(verifier, checkpoint, photos):
     result = verifier.verify(photos["obama"], photos["franck"])
     assert result.threshold == pytest.approx(stored) and "UNTRAINED" in result.global_branch
     assert result.threshold_rule == saved["threshold_rule"] and "twin FAR" in result.threshold_rule
-    assert result.same_person == (result.similarity >= result.threshold)
+    assert result.recogniser_gate == pytest.approx(saved["recogniser_gate"])
+    assert result.same_person == (result.similarity >= result.threshold
+                                  and result.recogniser_similarity >= result.recogniser_gate)
     expected = float(verifier.embed(photos["obama"]) @ verifier.embed(photos["franck"]))
     assert result.similarity == pytest.approx(expected, abs=1e-5)
     assert verifier.similarity(photos["obama"], photos["obama"]) == pytest.approx(1.0, abs=1e-5)
-    assert verifier.verify(photos["obama"], photos["franck"], threshold=-1.0).same_person
+    loose = verifier.verify(photos["obama"], photos["franck"], threshold=-1.0)
+    assert loose.same_person == (loose.recogniser_similarity >= loose.recogniser_gate)
+
+
+def test_the_recogniser_gate_turns_away_pairs_whatever_the_twin_model_says(checkpoint, landmarker_model, photos,
+                                                                          tmp_path):
+    saved = torch.load(checkpoint, weights_only=True)
+    for gate, same in ((None, True), (-1.0, True), (1.01, False)):
+        torch.save({**saved, "recogniser_gate": gate}, tmp_path / "gated.pth")
+        with inference.TwinVerifier.from_checkpoint(tmp_path / "gated.pth", landmarker_model=landmarker_model) as one:
+            result = one.verify(photos["obama"], photos["obama2"], threshold=-1.0)
+            features = one.embed_faces_and_global([one.prepare(photos["obama"]), one.prepare(photos["obama2"])])[1]
+        assert result.same_person == same and result.recogniser_gate == gate
+        assert result.recogniser_similarity == pytest.approx(float(features[0] @ features[1]), abs=1e-5)
+    torch.save({**saved, "recogniser_gate": float("nan")}, tmp_path / "gated.pth")
+    with pytest.raises(inference.CheckpointMismatchError, match="recogniser_gate nan is not a finite number"):
+        inference.load_twin_checkpoint(tmp_path / "gated.pth")
 
 
 def test_a_checkpoint_without_threshold_is_a_clear_error(checkpoint, landmarker_model, photos, tmp_path):

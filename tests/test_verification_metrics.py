@@ -329,3 +329,42 @@ def test_a_twin_threshold_keeps_twins_out_where_an_eer_threshold_over_all_impost
     no_twins = np.r_[0:400, 700:len(scores)]
     threshold, rule = vp.twin_far_threshold(scores[no_twins], kind[no_twins], 1e-2)
     assert rule.startswith("general FAR <= 0.01") and "no twin pairs" in rule
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_recogniser_gate_is_the_genuine_quantile_and_turns_away_only_below_it(seed):
+    import verification_pairs as vp
+
+    rng = np.random.default_rng(seed)
+    kind = rng.integers(0, 3, 300)
+    recogniser, twin_model = rng.uniform(-1, 1, 300), rng.uniform(-1, 1, 300)
+    genuine = np.sort(recogniser[kind == vp.GENUINE])
+    gate = vp.recogniser_gate(recogniser, kind, 0.05)  # unrelated people look alike here: the genuine cap sets it
+    assert gate == genuine[int(np.floor(0.05 * (len(genuine) - 1)))] < recogniser[kind == vp.GENERAL].max()
+    assert np.mean(genuine < gate) <= 0.05
+    separated = np.where(kind == vp.GENERAL, recogniser / 4 - 0.5, np.abs(recogniser) / 2 + 0.5)  # a gap at 0
+    assert vp.recogniser_gate(separated, kind, 0.05) == separated[kind == vp.GENERAL].max()
+    gated = vp.gated_scores(twin_model, recogniser, gate)
+    for i in range(300):  # the loop it stands for
+        assert gated[i] == (twin_model[i] if recogniser[i] >= gate else twin_model[i] - vp.GATED_OFFSET)
+    assert gated[recogniser < gate].max() < -1 <= gated[recogniser >= gate].min()
+    assert vp.recogniser_gate(recogniser, kind, 0.0) is None
+    assert vp.recogniser_gate(recogniser, np.full(300, vp.TWIN), 0.05) is None  # no genuine pairs
+    assert vp.recogniser_gate(recogniser, np.where(kind == vp.GENERAL, vp.TWIN, kind), 0.05) is None  # no general
+    assert vp.gated_scores(twin_model, recogniser, None) is twin_model
+
+
+def test_the_gate_leaves_the_twin_eer_and_takes_general_impostors_to_the_recogniser():
+    """Twins look alike to the recogniser and pass its gate; unrelated people do not."""
+    import verification_pairs as vp
+
+    rng = np.random.default_rng(0)
+    kind = np.repeat([vp.GENUINE, vp.TWIN, vp.GENERAL], 200)
+    recogniser = np.r_[rng.uniform(0.5, 1, 200), rng.uniform(0.5, 1, 200), rng.uniform(-0.3, 0.3, 200)]
+    twin_model = np.r_[rng.uniform(0.2, 1, 200), rng.uniform(-0.2, 0.6, 200), rng.uniform(0.1, 0.9, 200)]
+    before = vp.metrics_by_impostor_kind(twin_model, kind)
+    gate = vp.recogniser_gate(recogniser, kind, 0.01)
+    after = vp.metrics_by_impostor_kind(vp.gated_scores(twin_model, recogniser, gate), kind)
+    assert gate == recogniser[kind == vp.GENERAL].max()
+    assert after["twin"]["eer"] == before["twin"]["eer"]  # no genuine pair is turned away
+    assert before["general"]["eer"] > 0.1 and after["general"]["eer"] <= 0.01
