@@ -350,7 +350,7 @@ class Validator:
         if self.triplets is not None:
             anchor, positive, negative = (torch.from_numpy(embeddings[c]) for c in self.triplets)
             result["val_loss"] = triplet_loss(anchor, positive, negative, self.config.triplet_margin)[0].item()
-        recogniser_scores = vp.cosine_scores(global_embeddings[self.numbers].float().numpy(), self.pairs)
+        recogniser_scores = vp.cosine_scores(global_embeddings[self.numbers].float().cpu().numpy(), self.pairs)
         result["recogniser_gate"] = vp.recogniser_gate(recogniser_scores, self.pairs.kind, config.recogniser_gate)
         scores = vp.gated_scores(vp.cosine_scores(embeddings, self.pairs), recogniser_scores, result["recogniser_gate"])
         report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
