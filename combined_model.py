@@ -75,6 +75,7 @@ class ModelConfig:
     regions: tuple[str, ...] = PART_NAMES  # face regions, in the order of the part encoders
     global_skip: bool = True  # a linear path from the global embedding straight to the output
     part_input: str = "highpass"  # what the part trunks see: local detail (highpass) or the crop (rgb)
+    decision_embedding: str = "combined"  # what verification compares: the projection's output, or the parts'
 
     @property
     def global_input(self) -> InputConvention:
@@ -141,8 +142,11 @@ def check_finite_weights(state_dict: dict[str, Any]) -> None:
                                       "the model is unusable: use an earlier checkpoint or train again")
 
 
+DECISION_EMBEDDINGS = ("combined", "parts")
+
+
 class TwinOutput(NamedTuple):
-    embedding: torch.Tensor          # B×embedding_dim, unit length: what verification compares
+    embedding: torch.Tensor          # B×decision_dim, unit length: what verification compares
     global_embedding: torch.Tensor   # B×G, the global branch's unit-length feature
     parts_embedding: torch.Tensor    # B×(R·D), per-region unit-length features, concatenated
     combined: torch.Tensor           # B×(G + R·D), the projection's input
@@ -187,7 +191,7 @@ class TwinVerificationModel(nn.Module):
                  trust_checkpoint: bool = False, global_input_colour: str | None = None,
                  global_input_mean: float | None = None, global_input_std: float | None = None,
                  part_head: str = "spatial", regions: tuple[str, ...] = PART_NAMES, global_skip: bool = True,
-                 part_input: str = "highpass"):
+                 part_input: str = "highpass", decision_embedding: str = "combined"):
         """`adaface_checkpoint`: the global file, an AdaFace `.ckpt` or an ArcFace-aligned `.onnx`
         recogniser (default: `$TWIN_ADAFACE_CHECKPOINT`, else AdaFace in `pretrained/`); None builds
         an untrained IR (demos). `global_input_*`: an ONNX recogniser's input convention (default
@@ -196,15 +200,20 @@ class TwinVerificationModel(nn.Module):
         vector, and `part_input` what its trunk sees of the crop (`highpass`: local detail only);
         `regions` are the face regions, one part encoder each. `global_skip` adds a
         linear path from the global embedding to the output, so that training starts from the
-        recogniser's geometry and the projection adds what the parts tell (see `forward`)."""
+        recogniser's geometry and the projection adds what the parts tell (see `forward`).
+        `decision_embedding` is what verification compares: `combined`, the projection's output;
+        `parts`, the part embeddings alone (each region unit-length, concatenated, unit-length
+        again), the recogniser's own gate telling strangers apart (the projection then only trains)."""
         super().__init__()
+        if decision_embedding not in DECISION_EMBEDDINGS:
+            raise ValueError(f"decision_embedding={decision_embedding!r}: choose one of {', '.join(DECISION_EMBEDDINGS)}")
         if adaface_checkpoint is DEFAULT:
             adaface_checkpoint = default_global_model()
         checkpoint = None if adaface_checkpoint is None else str(Path(adaface_checkpoint).resolve())
         convention = global_input_for(checkpoint, global_input_colour, global_input_mean, global_input_std)
         self.config = ModelConfig(adaface_arch, checkpoint, face_parts_embedding_dim, part_backbone, hidden_dim,
                                   embedding_dim, convention.colour, convention.mean, convention.std, part_head,
-                                  parse_regions(regions), global_skip, part_input)
+                                  parse_regions(regions), global_skip, part_input, decision_embedding)
         self.adaface = build_global_branch(adaface_arch, checkpoint, convention, trust_checkpoint)
         self.adaface.requires_grad_(False)
         self.adaface.eval()
@@ -235,6 +244,11 @@ class TwinVerificationModel(nn.Module):
         return getattr(self.adaface, "embedding_dim", ADAFACE_EMBEDDING_DIM)
 
     @property
+    def decision_dim(self) -> int:
+        """Width of the embedding that verification compares (`TwinOutput.embedding`)."""
+        return self.config.embedding_dim if self.config.decision_embedding == "combined" else self.face_parts.output_dim
+
+    @property
     def global_branch_label(self) -> str:
         """The global model by name: `AdaFace IR-50`, the ONNX file's name, or `UNTRAINED IR-50 …`."""
         if self.config.adaface_checkpoint is None:
@@ -256,11 +270,14 @@ class TwinVerificationModel(nn.Module):
         return features
 
     def forward(self, face_tensor: torch.Tensor | None, face_parts_dict: dict[str, torch.Tensor],
-                global_embedding: torch.Tensor | None = None) -> TwinOutput:
+                global_embedding: torch.Tensor | None = None, *,
+                with_projection: bool = False) -> TwinOutput | tuple[TwinOutput, torch.Tensor]:
         """`face_tensor`: AdaFace inputs (BGR, `(x/255−0.5)/0.5`, B×3×112×112), may be None
         when `global_embedding` (B×G, precomputed by `embed_global`) is given.
         `face_parts_dict`: region name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm),
-        one entry per region of `config.regions`."""
+        one entry per region of `config.regions`. `with_projection` (training) returns the
+        projection's unit-length output too, which is `embedding` unless verification compares the
+        parts (`decision_embedding`)."""
         if global_embedding is None:
             if face_tensor is None:
                 raise ValueError("give either face_tensor or a precomputed global_embedding")
@@ -273,8 +290,15 @@ class TwinVerificationModel(nn.Module):
             # large term would otherwise be rounded away at bf16's 8-bit precision.
             with torch.autocast(projected.device.type, enabled=False):
                 projected = projected + self.global_skip(global_embedding.float())
-        embedding = nn.functional.normalize(projected, dim=1)
-        return TwinOutput(embedding, global_embedding, parts, combined)
+        projected = nn.functional.normalize(projected, dim=1)
+        if self.config.decision_embedding == "parts":
+            # each region is unit-length already (the concatenation has length √R); normalised again
+            # in float32, as the training's parts loss sees it
+            embedding = nn.functional.normalize(parts.float(), dim=1)
+        else:
+            embedding = projected
+        output = TwinOutput(embedding, global_embedding, parts, combined)
+        return (output, projected) if with_projection else output
 
     # AdaFace is loaded from its own file, never from (or into) this model's checkpoints.
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):

@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         # same person only if, too, the global graph's features have at least this cosine similarity
         "recogniser_gate": info.get("recogniser_gate"),
         "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
-        "global_embedding_dim": model.global_dim, "embedding_dim": model.config.embedding_dim,
+        "global_embedding_dim": model.global_dim, "embedding_dim": model.decision_dim,
         "face_input": "BGR, (x/255 - 0.5)/0.5, Bx3x112x112 (net.adaface_input_tensor)",
         "part_inputs": "RGB, x/255 normalised by ImageNet mean/std, Bx3xSxS (part_encoder_input)",
         "max_differences": differences})

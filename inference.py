@@ -205,7 +205,7 @@ class TwinVerifier:
                 batch = []
         if batch:
             rows.append(self.embed_faces(batch))
-        empty = np.zeros((0, self.model.config.embedding_dim), np.float32)
+        empty = np.zeros((0, self.model.decision_dim), np.float32)
         return (np.concatenate(rows) if rows else empty), ok
 
     def embed(self, image: ImageSource) -> np.ndarray:

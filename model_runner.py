@@ -110,7 +110,7 @@ def embed_images(model: TwinVerificationModel, index: FaceDataIndex, numbers: np
         parts = parts_to_device(batch["parts"], device, channels_last, index.regions)
         with autocast(device, dtype):
             rows.append(model(None, parts, global_embedding=global_embeddings_all[batch["image"]].to(device)).embedding)
-    local = torch.cat(rows) if rows else torch.zeros((0, model.config.embedding_dim), device=device)
+    local = torch.cat(rows) if rows else torch.zeros((0, model.decision_dim), device=device)
     return distributed.gather_rows(local.float(), len(numbers), context).cpu().numpy()
 
 
@@ -157,4 +157,5 @@ def build_model(config, trust_checkpoint: bool = False) -> TwinVerificationModel
         adaface_checkpoint=config.adaface_checkpoint_path, part_weights=config.part_weights,
         global_input_colour=config.global_input_colour_or_none, global_input_mean=config.global_input_mean,
         global_input_std=config.global_input_std, trust_checkpoint=trust_checkpoint, part_head=config.part_head,
-        regions=config.region_names, global_skip=config.global_skip, part_input=config.part_input)
+        regions=config.region_names, global_skip=config.global_skip, part_input=config.part_input,
+        decision_embedding=config.decision_embedding)

@@ -17,6 +17,7 @@ from typing import Any
 from cli_errors import EXIT_USAGE, ExpectedError
 from cutout import REGION_NAMES, REGION_SETS, parse_regions
 from distributed import DEVICE_PATTERN
+from combined_model import DECISION_EMBEDDINGS
 from face_parts_model import PART_BACKBONES, PART_HEADS, PART_INPUTS
 from global_branch import default_global_model
 from mining import LOSSES
@@ -32,7 +33,7 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
                    "global_skip": False, "part_loss_weight": 0.0, "part_input": "rgb",
-                   "recogniser_gate": 0.0}
+                   "recogniser_gate": 0.0, "decision_embedding": "combined"}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights; where the part
 # crops are augmented follows the device, which may change, and both places draw from the same ranges.)
@@ -94,6 +95,11 @@ class TrainConfig:
                            metadata={"choices": PART_INPUTS})
     global_skip: bool = _key("add a linear path from the global embedding straight to the output embedding "
                              "(the projection adds what the parts tell to the recogniser's geometry)", default=True)
+    decision_embedding: str = _key("what verification compares: parts (the part encoders' embeddings alone, each "
+                                   "region unit-length, concatenated; the recogniser gate turns strangers away, "
+                                   "and the projection only helps train the encoders) or combined (the "
+                                   "projection of global and part embeddings)", default="parts",
+                                   metadata={"choices": DECISION_EMBEDDINGS})
     hidden_dim: int = _key("hidden width of the projection", default=512)
     regions: str = _key("face regions, one part encoder each: a set (" + ", ".join(REGION_SETS) + ") or "
                         "comma-separated names from " + ", ".join(REGION_NAMES) + "; the extraction must "
@@ -226,7 +232,7 @@ class TrainConfig:
             parse_regions(self.regions)
         except ValueError as error:
             raise ConfigError(f"regions={self.regions!r}: {error}") from None
-        for key in ("adaface_arch", "part_backbone", "part_head", "part_input", "sampler", "loss",
+        for key in ("adaface_arch", "part_backbone", "part_head", "part_input", "decision_embedding", "sampler", "loss",
                     "negative_strategy", "augment_on_device", "precision", "channels_last", "global_input_colour"):
             choices = self.field_metadata(key)["choices"]
             check(getattr(self, key) in choices, key, f"choose one of {', '.join(choices)}")

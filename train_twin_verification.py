@@ -193,8 +193,9 @@ def batch_loss(model, batch: dict[str, torch.Tensor], parts_uint8: torch.Tensor,
     global_embedding = step_tensor(batch, "global", config.sampler, device)
     parts = runner.parts_to_device(parts_uint8, device, channels_last, config.region_names)
     with runner.autocast(device, dtype):
-        output = model(None, parts, global_embedding=global_embedding)
-    embedding = output.embedding
+        output, embedding = model(None, parts, global_embedding=global_embedding, with_projection=True)
+    # The mining loss trains the projection; where verification compares the parts
+    # (decision_embedding), the parts loss below trains what is compared.
     images = len(parts_uint8)
     if config.sampler == "families":
         family = batch["family"].to(device, non_blocking=True)

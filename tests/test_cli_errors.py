@@ -243,7 +243,8 @@ def test_nan_embeddings_never_become_a_decision(tmp_path, tiny_run, landmarker_m
     with inference.TwinVerifier.from_checkpoint(tiny_run / "checkpoints" / "best.pth",
                                                 landmarker_model=landmarker_model) as verifier:
         with torch.no_grad():
-            verifier.model.projection[2].bias.fill_(float("nan"))
+            # a weight of the part encoders, which every decision embedding depends on
+            next(verifier.model.face_parts.parameters()).fill_(float("nan"))
         photo = shared_faces / "obama" / "obama.jpg"
         with pytest.raises(inference.NonFiniteEmbeddingError, match="NaN"):
             verifier.verify(photo, photo)
@@ -312,7 +313,7 @@ def test_evaluation_refuses_nan_embeddings(synthetic_data, tmp_path):
                                                              "twin_pairs_path")))
     model = model_runner.build_model(config)
     with torch.no_grad():
-        model.projection[2].bias.fill_(float("nan"))
+        next(model.face_parts.parameters()).fill_(float("nan"))  # every decision embedding depends on it
     global_all = torch.nn.functional.normalize(torch.randn(len(index.images), 512), dim=1)
     with pytest.raises(evaluate.NonFiniteScoresError, match="combined model gives NaN"):
         evaluate.split_embeddings(model, index, index.persons[:4], global_all, config, distributed.Context())

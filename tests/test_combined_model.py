@@ -33,6 +33,8 @@ def test_output_shapes_and_unit_length(tiny_model):
     face, parts = inputs()
     embedding, global_embedding, parts_embedding, combined = tiny_model(face, parts)
     assert embedding.shape == (3, 24) and global_embedding.shape == (3, 512)
+    _, projected = tiny_model(face, parts, with_projection=True)
+    torch.testing.assert_close(embedding, projected)  # the default compares the projection's output
     assert parts_embedding.shape == (3, 5 * 16) and combined.shape == (3, 512 + 80)
     torch.testing.assert_close(embedding.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(global_embedding.norm(dim=1), torch.ones(3))
@@ -365,3 +367,27 @@ def test_part_input_choice_reaches_the_trunk_and_checkpoints(adaface_file, tmp_p
     rebuilt = TwinVerificationModel.from_checkpoint(saved)
     assert rebuilt.config.part_input == "rgb" and rebuilt.face_parts.encoders["nose"].part_input == "rgb"
     assert TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file)).config.part_input == "highpass"
+
+
+def test_parts_decision_compares_the_part_embeddings_and_is_kept_in_checkpoints(adaface_file):
+    torch.manual_seed(0)
+    model = TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file), decision_embedding="parts").eval()
+    assert model.decision_dim == 5 * 16
+    face, parts = inputs()
+    output, projected = model(face, parts, with_projection=True)
+    # each region unit-length, concatenated, unit-length again: every region weighs the same
+    torch.testing.assert_close(output.embedding, output.parts_embedding / 5 ** 0.5)
+    torch.testing.assert_close(output.embedding.norm(dim=1), torch.ones(3))
+    assert projected.shape == (3, 24)
+    # The global embedding does not enter the compared embedding (the recogniser gate judges it).
+    other_global = torch.nn.functional.normalize(torch.randn(3, 512), dim=1)
+    torch.testing.assert_close(model(None, parts, global_embedding=other_global).embedding, output.embedding)
+    saved = model.deployable_checkpoint()
+    rebuilt = TwinVerificationModel.from_checkpoint(saved)
+    assert rebuilt.config.decision_embedding == "parts"
+    torch.testing.assert_close(rebuilt(face, parts).embedding, output.embedding)
+    # A checkpoint from before the choice existed compared the projection's output.
+    del saved["model_config"]["decision_embedding"]
+    assert TwinVerificationModel.from_checkpoint(saved).config.decision_embedding == "combined"
+    with pytest.raises(ValueError, match="decision_embedding"):
+        TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file), decision_embedding="global")

@@ -135,18 +135,23 @@ def test_a_run_started_with_relative_paths_evaluates_from_any_folder(synthetic_d
     assert train.run_training(config)["finished"]  # the same relative command still resumes
 
 
-def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synthetic_data, tmp_path):
+@pytest.mark.parametrize("decision", ["parts", "combined"])
+def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synthetic_data, tmp_path, decision):
     """Training and evaluation set the gate by one rule on the same validation pairs (two families
-    here, so there are general impostors); every test pair below it, and only those, scores below −1."""
+    here, so there are general impostors); every test pair below it, and only those, scores below −1.
+    Whichever embedding is compared."""
     import verification_pairs as vp
 
     run = tmp_path / "run"
-    train.run_training(tiny_train_config(synthetic_data, run, num_epochs=1, train_split=0.2, test_split=0.4))
+    train.run_training(tiny_train_config(synthetic_data, run, num_epochs=1, train_split=0.2, test_split=0.4,
+                                         decision_embedding=decision))
     trained, output = run / "checkpoints" / "best.pth", tmp_path / "evaluation"
     report = evaluate.evaluate(trained, output, bootstrap=0, workers=0, progress=False)
     stored = torch.load(trained, weights_only=True)["recogniser_gate"]
     assert isinstance(stored, float) and report["recogniser_gate"] == pytest.approx(stored)
-    assert report["models"]["combined"]["label"].endswith(", behind its gate)")
+    label = report["models"]["combined"]["label"]
+    assert (label.startswith("twin model (parts, behind the gate of ") if decision == "parts"
+            else label.endswith(" + parts, behind its gate)")), label
     with open(output / "pairs.csv") as handle:
         rows = list(csv.DictReader(handle))
     combined = np.array([float(r["score_combined"]) for r in rows])

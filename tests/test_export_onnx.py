@@ -85,3 +85,23 @@ def test_cli_refuses_a_mismatch_and_a_missing_checkpoint(exported, tmp_path, cap
 
     assert export_onnx.main(["--checkpoint", str(tmp_path / "missing.pth"), "--output-dir", str(output)]) == 1
     assert "missing.pth" in capsys.readouterr().err
+
+
+def test_a_parts_decision_exports_the_part_embedding_with_the_same_inputs(tmp_path):
+    torch.manual_seed(0)
+    model = TwinVerificationModel(adaface_arch="ir_18", part_backbone="tiny", face_parts_embedding_dim=16,
+                                  hidden_dim=32, embedding_dim=16, adaface_checkpoint=None,
+                                  decision_embedding="parts").eval()
+    checkpoint = tmp_path / "best.pth"
+    torch.save(model.deployable_checkpoint(part_crop_size=CROP_PX, threshold=0.25, recogniser_gate=0.3), checkpoint)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert export_onnx.main(["--checkpoint", str(checkpoint), "--output-dir", str(tmp_path / "onnx")]) == 0
+    paths = graph_paths(tmp_path / "onnx")
+    differences = export_onnx.check_onnx(model, paths, CROP_PX, batch_sizes=(1, 3), seed=1)
+    assert max(differences.values()) < export_onnx.DEFAULT_TOLERANCE, differences
+    # Consumers feed the same inputs whichever embedding is compared.
+    graph = onnx.load(paths["local"]).graph
+    assert [i.name for i in graph.input][-1] == "global_embedding"
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim[1:]] == [5 * 16]
+    metadata = json.loads((tmp_path / "onnx" / export_onnx.METADATA_FILE).read_text())
+    assert metadata["embedding_dim"] == 5 * 16

@@ -164,7 +164,8 @@ def test_best_pth_copied_elsewhere_loads_in_twin_verifier(onnx_run, tmp_path, mo
         with TwinVerifier.from_checkpoint("best.pth", landmarker_model=landmarker_model) as verifier:
             assert verifier.model.config.adaface_checkpoint == str(moved.resolve())
             embeddings = verifier.embed_many([shared_faces / "obama" / "obama.jpg", shared_faces / "cage" / "cage.jpg"])
-        assert embeddings.shape == (2, 16) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
+            width = verifier.model.decision_dim
+        assert embeddings.shape == (2, width) and np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-5)
         monkeypatch.delenv(ADAFACE_CHECKPOINT_ENV)
         with pytest.raises(CheckpointMismatchError, match=ADAFACE_CHECKPOINT_ENV):
             TwinVerificationModel.from_checkpoint("best.pth")

@@ -42,7 +42,7 @@ def photos(shared_faces):
 
 def test_embed_is_unit_length_and_a_path_equals_its_array(verifier, photos):
     embedding = verifier.embed(photos["obama"])
-    assert embedding.shape == (16,) and embedding.dtype == np.float32
+    assert embedding.shape == (verifier.model.decision_dim,) and embedding.dtype == np.float32
     assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=1e-5)
     assert verifier.part_crop_size == 32
     np.testing.assert_array_equal(verifier.embed(read_image(photos["obama"])), embedding)
@@ -52,7 +52,7 @@ def test_embed_many_equals_one_by_one(verifier, photos):
     images = [photos["obama"], photos["franck"], read_image(photos["obama2"])]
     batched = verifier.embed_many(images, batch_size=2)
     single = np.stack([verifier.embed(image) for image in images])
-    assert batched.shape == (3, 16)
+    assert batched.shape == (3, verifier.model.decision_dim)
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
@@ -107,7 +107,7 @@ def test_bad_photos_are_errors_naming_them(verifier, photos, tmp_path):
     with pytest.raises(NoFaceError, match="messi5.jpg"):
         verifier.embed_many([photos["obama"], photos["messi"]])
     results = verifier.embed_each([photos["obama"], photos["messi"], tmp_path / "missing.jpg", photos["franck"]])
-    assert results.ok == [0, 3] and results.embeddings.shape == (2, 16)
+    assert results.ok == [0, 3] and results.embeddings.shape == (2, verifier.model.decision_dim)
     assert [(i, "messi5.jpg" in m or "missing.jpg" in m) for i, m in results.failures] == [(1, True), (2, True)]
     np.testing.assert_allclose(results.embeddings[1], verifier.embed(photos["franck"]), atol=1e-5)
 
@@ -202,5 +202,5 @@ def test_readme_inference_snippet_runs_as_written(checkpoint, photos, landmarker
         (tmp_path / name).write_bytes(source.read_bytes())
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["embeddings"].shape == (3, 16)
+    assert namespace["embeddings"].shape == (3, 5 * 16)  # the part embeddings compared
     assert namespace["result"].same_person == (namespace["result"].similarity >= namespace["result"].threshold)

@@ -205,6 +205,35 @@ def test_parts_loss_is_the_mining_loss_on_the_part_embeddings_alone():
     assert parts.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("decision", ["parts", "combined"])
+def test_the_mining_loss_trains_the_projection_whatever_is_compared(decision):
+    """The mining loss is on the projection's output; with `decision_embedding=parts` the compared
+    embedding is the parts' (trained by the parts loss), and the projection still learns."""
+    import mining
+    import model_runner as runner
+    from combined_model import TwinVerificationModel
+
+    torch.manual_seed(0)
+    model = TwinVerificationModel(adaface_arch="ir_18", part_backbone="tiny", adaface_checkpoint=None,
+                                  face_parts_embedding_dim=8, hidden_dim=16, embedding_dim=8,
+                                  decision_embedding=decision).train()
+    config = TrainConfig(loss="batch_all", triplet_margin=0.5, part_loss_weight=0.0, global_distillation=0.0,
+                         decision_embedding=decision)
+    generator = torch.Generator().manual_seed(1)
+    identity = torch.arange(4).repeat_interleave(3)
+    batch = {"global": torch.nn.functional.normalize(torch.randn(12, 512, generator=generator), dim=1),
+             "identity": identity, "family": identity // 2}
+    crops = torch.randint(0, 256, (12, 5, 3, 32, 32), generator=generator, dtype=torch.uint8)
+    loss, _ = train.batch_loss(model, batch, crops, config, torch.device("cpu"), None, False)
+    parts = runner.parts_to_device(crops, torch.device("cpu"), False, config.region_names)
+    output, projected = model(None, parts, global_embedding=batch["global"], with_projection=True)
+    expected = mining.mined_loss("batch_all", projected, identity, identity // 2, 0.5).loss
+    assert torch.allclose(loss, expected) and loss > 0
+    assert output.embedding.shape[1] == (40 if decision == "parts" else 8)
+    loss.backward()
+    assert model.projection[0].weight.grad.abs().sum() > 0
+
+
 def test_compile_wraps_the_training_steps_and_checkpoints_keep_the_models_keys(synthetic_data, tmp_path,
                                                                                monkeypatch):
     """torch.compile (here with the eager backend: traced, nothing generated) wraps what the steps
