@@ -176,8 +176,9 @@ def write_report(output: Path, seeds: list[int], train_images: int, data, result
     rows = [summarise(name, runs) for name, runs in results.items()]
     global_label = next(iter(results.values()))[0]["global_branch"]
     done = sorted({run["seed"] for runs in results.values() for run in runs})
+    which = ", ".join(map(str, done)) + ("" if done == sorted(seeds) else f" of {', '.join(map(str, seeds))}")
     text = (f"Held-out twin families of the demo data (simulator preset {simulator}; {data.photos} photos, "
-            f"{DEMO_IMAGES_PER_IDENTITY} per identity, {DEMO_CROP_PX} px parts), seeds {', '.join(map(str, done))} of {', '.join(map(str, seeds))} "
+            f"{DEMO_IMAGES_PER_IDENTITY} per identity, {DEMO_CROP_PX} px parts), seeds {which} "
             f"(a seed also draws the family split), each run trained for about {train_images:,} encoded images "
             f"(the epochs that take), the checkpoint with the best validation twin plus general EER evaluated; global branch: "
             f"{global_label}. Images encoded and wall time (training and validation) are per run.\n\n{table(rows)}\n")

@@ -8,7 +8,10 @@
                       parts left_eye, right_eye, nose, mouth, chin by default), B×3×S×S (RGB,
                       ImageNet mean/std: `face_parts_model.part_encoder_input`)
                       + global_embedding B×G (`feature`)
-                      → embedding B×D (unit length; cosine similarity ≥ threshold: same person)
+                      → embedding B×D (unit length; the checkpoint's decision embedding: the part
+                        embeddings, D = regions × part size, or the projection's; a pair is the
+                        same person when its cosine similarity ≥ threshold and the global
+                        features' similarity ≥ the recogniser gate)
     twin_onnx.json    crop size, regions, threshold, recogniser gate, global model and the input contracts
 
 Two graphs because the global branch is frozen: a deployment can run it once per photo
@@ -76,7 +79,7 @@ def local_inputs(model: TwinVerificationModel) -> tuple[str, ...]:
 
 
 class LocalBranch(nn.Module):
-    """Part encoders + projection: one normalised tensor per region and AdaFace's feature → embedding.
+    """Part encoders (+ projection): one normalised tensor per region and the global feature → the compared embedding.
 
     Inputs are positional, in `local_inputs(model)` order, so one graph fits any region list.
     """
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "recogniser_gate": info.get("recogniser_gate"),
         "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
         "global_embedding_dim": model.global_dim, "embedding_dim": model.decision_dim,
+        "decision_embedding": model.config.decision_embedding,  # what the local graph's embedding is
         "face_input": "BGR, (x/255 - 0.5)/0.5, Bx3x112x112 (net.adaface_input_tensor)",
         "part_inputs": "RGB, x/255 normalised by ImageNet mean/std, Bx3xSxS (part_encoder_input)",
         "max_differences": differences})

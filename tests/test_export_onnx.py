@@ -104,4 +104,4 @@ def test_a_parts_decision_exports_the_part_embedding_with_the_same_inputs(tmp_pa
     assert [i.name for i in graph.input][-1] == "global_embedding"
     assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim[1:]] == [5 * 16]
     metadata = json.loads((tmp_path / "onnx" / export_onnx.METADATA_FILE).read_text())
-    assert metadata["embedding_dim"] == 5 * 16
+    assert metadata["embedding_dim"] == 5 * 16 and metadata["decision_embedding"] == "parts"
