@@ -50,6 +50,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "families + batch_all, virtual twins 0.5": dict(sampler="families", loss="batch_all", virtual_twins=0.5),
     "families + batch_all, rgb part input": dict(sampler="families", loss="batch_all", part_input="rgb"),
     "families + batch_all, no parts loss": dict(sampler="families", loss="batch_all", part_loss_weight=0.0),
+    "families + batch_all, parts compared": dict(sampler="families", loss="batch_all", decision_embedding="parts"),
     "families + batch_all, combined decision": dict(sampler="families", loss="batch_all",
                                                     decision_embedding="combined"),
 }

@@ -142,7 +142,7 @@ def check_finite_weights(state_dict: dict[str, Any]) -> None:
                                       "the model is unusable: use an earlier checkpoint or train again")
 
 
-DECISION_EMBEDDINGS = ("combined", "parts")
+DECISION_EMBEDDINGS = ("combined", "parts", "both")
 
 
 class TwinOutput(NamedTuple):
@@ -203,7 +203,8 @@ class TwinVerificationModel(nn.Module):
         recogniser's geometry and the projection adds what the parts tell (see `forward`).
         `decision_embedding` is what verification compares: `combined`, the projection's output;
         `parts`, the part embeddings alone (each region unit-length, concatenated, unit-length
-        again), the recogniser's own gate telling strangers apart (the projection then only trains)."""
+        again), the recogniser's own gate telling strangers apart (the projection then only trains);
+        `both`: the two, each unit-length, concatenated (their cosine similarities averaged)."""
         super().__init__()
         if decision_embedding not in DECISION_EMBEDDINGS:
             raise ValueError(f"decision_embedding={decision_embedding!r}: choose one of {', '.join(DECISION_EMBEDDINGS)}")
@@ -246,7 +247,8 @@ class TwinVerificationModel(nn.Module):
     @property
     def decision_dim(self) -> int:
         """Width of the embedding that verification compares (`TwinOutput.embedding`)."""
-        return self.config.embedding_dim if self.config.decision_embedding == "combined" else self.face_parts.output_dim
+        return {"combined": self.config.embedding_dim, "parts": self.face_parts.output_dim,
+                "both": self.config.embedding_dim + self.face_parts.output_dim}[self.config.decision_embedding]
 
     @property
     def global_branch_label(self) -> str:
@@ -291,12 +293,13 @@ class TwinVerificationModel(nn.Module):
             with torch.autocast(projected.device.type, enabled=False):
                 projected = projected + self.global_skip(global_embedding.float())
         projected = nn.functional.normalize(projected, dim=1)
-        if self.config.decision_embedding == "parts":
+        embedding = projected
+        if self.config.decision_embedding != "combined":
             # each region is unit-length already (the concatenation has length √R); normalised again
             # in float32, as the training's parts loss sees it
             embedding = nn.functional.normalize(parts.float(), dim=1)
-        else:
-            embedding = projected
+            if self.config.decision_embedding == "both":  # cosine: the mean of the two cosines
+                embedding = torch.cat([embedding, projected], dim=1) / 2 ** 0.5
         output = TwinOutput(embedding, global_embedding, parts, combined)
         return (output, projected) if with_projection else output
 

@@ -278,9 +278,10 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
                 if val is not None else checkpoint.get("recogniser_gate"))
         for data in (test, val) if val is not None else (test,):
             data["scores"]["combined"] = vp.gated_scores(data["scores"]["combined"], data["scores"]["adaface"], gate)
-    if model.config.decision_embedding == "parts":  # the part embeddings compared, the recogniser as gate
-        twin_label = "twin model (parts" + (f", behind the gate of {model.global_branch_label})" if gate is not None
-                                            else ")")
+    if model.config.decision_embedding != "combined":  # the part embeddings compared, the recogniser as gate
+        compared = "parts" if model.config.decision_embedding == "parts" else "parts and projection"
+        twin_label = f"twin model ({compared}" + (f", behind the gate of {model.global_branch_label})"
+                                                  if gate is not None else ")")
     else:
         twin_label = (f"twin model ({model.global_branch_label} + parts"
                       + (", behind its gate)" if gate is not None else ")"))

@@ -95,10 +95,12 @@ class TrainConfig:
                            metadata={"choices": PART_INPUTS})
     global_skip: bool = _key("add a linear path from the global embedding straight to the output embedding "
                              "(the projection adds what the parts tell to the recogniser's geometry)", default=True)
-    decision_embedding: str = _key("what verification compares: parts (the part encoders' embeddings alone, each "
-                                   "region unit-length, concatenated; the recogniser gate turns strangers away, "
-                                   "and the projection only helps train the encoders) or combined (the "
-                                   "projection of global and part embeddings)", default="parts",
+    decision_embedding: str = _key("what verification compares: both (the part embeddings and the projection's "
+                                   "output, each unit-length, concatenated: their cosine similarities averaged), "
+                                   "parts (the part encoders' embeddings alone, each region unit-length, "
+                                   "concatenated; the projection then only helps train the encoders) or combined "
+                                   "(the projection of global and part embeddings alone); the recogniser gate "
+                                   "turns strangers away in front of any of them", default="both",
                                    metadata={"choices": DECISION_EMBEDDINGS})
     hidden_dim: int = _key("hidden width of the projection", default=512)
     regions: str = _key("face regions, one part encoder each: a set (" + ", ".join(REGION_SETS) + ") or "

@@ -391,3 +391,16 @@ def test_parts_decision_compares_the_part_embeddings_and_is_kept_in_checkpoints(
     assert TwinVerificationModel.from_checkpoint(saved).config.decision_embedding == "combined"
     with pytest.raises(ValueError, match="decision_embedding"):
         TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file), decision_embedding="global")
+
+
+def test_both_decision_averages_the_parts_and_projection_similarities(adaface_file):
+    torch.manual_seed(0)
+    model = TwinVerificationModel(**TINY, adaface_checkpoint=str(adaface_file), decision_embedding="both").eval()
+    assert model.decision_dim == 5 * 16 + 24
+    face, parts = inputs(batch=4)
+    output, projected = model(face, parts, with_projection=True)
+    torch.testing.assert_close(output.embedding.norm(dim=1), torch.ones(4))
+    parts_unit = torch.nn.functional.normalize(output.parts_embedding, dim=1)
+    cosine = output.embedding @ output.embedding.T
+    torch.testing.assert_close(cosine, (parts_unit @ parts_unit.T + projected @ projected.T) / 2)
+    assert TwinVerificationModel.from_checkpoint(model.deployable_checkpoint()).config.decision_embedding == "both"

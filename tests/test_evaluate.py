@@ -135,7 +135,7 @@ def test_a_run_started_with_relative_paths_evaluates_from_any_folder(synthetic_d
     assert train.run_training(config)["finished"]  # the same relative command still resumes
 
 
-@pytest.mark.parametrize("decision", ["parts", "combined"])
+@pytest.mark.parametrize("decision", ["both", "parts", "combined"])
 def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synthetic_data, tmp_path, decision):
     """Training and evaluation set the gate by one rule on the same validation pairs (two families
     here, so there are general impostors); every test pair below it, and only those, scores below −1.
@@ -150,7 +150,9 @@ def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synt
     stored = torch.load(trained, weights_only=True)["recogniser_gate"]
     assert isinstance(stored, float) and report["recogniser_gate"] == pytest.approx(stored)
     label = report["models"]["combined"]["label"]
-    assert (label.startswith("twin model (parts, behind the gate of ") if decision == "parts"
+    expected = {"both": "twin model (parts and projection, behind the gate of ",
+                "parts": "twin model (parts, behind the gate of "}
+    assert (label.startswith(expected[decision]) if decision in expected
             else label.endswith(" + parts, behind its gate)")), label
     with open(output / "pairs.csv") as handle:
         rows = list(csv.DictReader(handle))

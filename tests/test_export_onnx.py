@@ -87,11 +87,12 @@ def test_cli_refuses_a_mismatch_and_a_missing_checkpoint(exported, tmp_path, cap
     assert "missing.pth" in capsys.readouterr().err
 
 
-def test_a_parts_decision_exports_the_part_embedding_with_the_same_inputs(tmp_path):
+@pytest.mark.parametrize("decision", ["parts", "both"])
+def test_a_parts_decision_exports_the_part_embedding_with_the_same_inputs(tmp_path, decision):
     torch.manual_seed(0)
     model = TwinVerificationModel(adaface_arch="ir_18", part_backbone="tiny", face_parts_embedding_dim=16,
                                   hidden_dim=32, embedding_dim=16, adaface_checkpoint=None,
-                                  decision_embedding="parts").eval()
+                                  decision_embedding=decision).eval()
     checkpoint = tmp_path / "best.pth"
     torch.save(model.deployable_checkpoint(part_crop_size=CROP_PX, threshold=0.25, recogniser_gate=0.3), checkpoint)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -102,6 +103,7 @@ def test_a_parts_decision_exports_the_part_embedding_with_the_same_inputs(tmp_pa
     # Consumers feed the same inputs whichever embedding is compared.
     graph = onnx.load(paths["local"]).graph
     assert [i.name for i in graph.input][-1] == "global_embedding"
-    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim[1:]] == [5 * 16]
+    width = 5 * 16 + (16 if decision == "both" else 0)
+    assert [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim[1:]] == [width]
     metadata = json.loads((tmp_path / "onnx" / export_onnx.METADATA_FILE).read_text())
-    assert metadata["embedding_dim"] == 5 * 16 and metadata["decision_embedding"] == "parts"
+    assert metadata["embedding_dim"] == width and metadata["decision_embedding"] == decision
