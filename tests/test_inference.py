@@ -202,5 +202,5 @@ def test_readme_inference_snippet_runs_as_written(checkpoint, photos, landmarker
         (tmp_path / name).write_bytes(source.read_bytes())
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
-    assert namespace["embeddings"].shape == (3, 5 * 16)  # the part embeddings compared
+    assert namespace["embeddings"].shape == (3, 5 * 16 + 16)  # the part embeddings and the projection
     assert namespace["result"].same_person == (namespace["result"].similarity >= namespace["result"].threshold)
