@@ -75,7 +75,7 @@ class ModelConfig:
     regions: tuple[str, ...] = PART_NAMES  # face regions, in the order of the part encoders
     global_skip: bool = True  # a linear path from the global embedding straight to the output
     part_input: str = "highpass"  # what the part trunks see: local detail (highpass) or the crop (rgb)
-    decision_embedding: str = "combined"  # what verification compares: the projection's output, or the parts'
+    decision_embedding: str = "combined"  # what verification compares: the projection's output, the parts', both
 
     @property
     def global_input(self) -> InputConvention:
@@ -278,8 +278,8 @@ class TwinVerificationModel(nn.Module):
         when `global_embedding` (B×G, precomputed by `embed_global`) is given.
         `face_parts_dict`: region name → B×3×S×S from `part_encoder_input` (RGB, ImageNet norm),
         one entry per region of `config.regions`. `with_projection` (training) returns the
-        projection's unit-length output too, which is `embedding` unless verification compares the
-        parts (`decision_embedding`)."""
+        projection's unit-length output too (the training's mining loss is on it), which is
+        `embedding` where `decision_embedding` is `combined`."""
         if global_embedding is None:
             if face_tensor is None:
                 raise ValueError("give either face_tensor or a precomputed global_embedding")

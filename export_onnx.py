@@ -9,7 +9,8 @@
                       ImageNet mean/std: `face_parts_model.part_encoder_input`)
                       + global_embedding B×G (`feature`)
                       → embedding B×D (unit length; the checkpoint's decision embedding: the part
-                        embeddings, D = regions × part size, or the projection's; a pair is the
+                        embeddings, D = regions × part size, the projection's, or both side by
+                        side, D = the sum; a pair is the
                         same person when its cosine similarity ≥ threshold and the global
                         features' similarity ≥ the recogniser gate)
     twin_onnx.json    crop size, regions, threshold, recogniser gate, global model and the input contracts

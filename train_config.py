@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cli_errors import EXIT_USAGE, ExpectedError
+from combined_model import DECISION_EMBEDDINGS
 from cutout import REGION_NAMES, REGION_SETS, parse_regions
 from distributed import DEVICE_PATTERN
-from combined_model import DECISION_EMBEDDINGS
 from face_parts_model import PART_BACKBONES, PART_HEADS, PART_INPUTS
 from global_branch import default_global_model
 from mining import LOSSES

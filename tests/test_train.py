@@ -190,6 +190,15 @@ def test_runs_from_before_highpass_input_and_parts_loss_resume_as_they_ran(finis
                               tmp_path / "latest.pth")
 
 
+def test_runs_from_before_the_decision_embedding_resume_comparing_the_projection(finished_run, tmp_path):
+    config, _, _ = finished_run
+    config = config.with_absolute_data_paths()
+    saved = {k: v for k, v in config.to_dict().items() if k != "decision_embedding"}
+    train.check_resumable(saved, replace(config, decision_embedding="combined"), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match="decision_embedding: 'combined' → 'both'"):
+        train.check_resumable(saved, replace(config, decision_embedding="both"), tmp_path / "latest.pth")
+
+
 def test_parts_loss_is_the_mining_loss_on_the_part_embeddings_alone():
     import mining
 
