@@ -15,7 +15,8 @@ Pairs: every genuine pair, every twin-impostor pair, and every general-impostor 
 a seeded sample of them (the report states how many exist and how many were scored).
 Each image is embedded once, in batches; both models score the same pairs. Outputs in
 OUTPUT_DIR: report.json, pairs.csv (one row per scored pair), roc.png,
-score_histograms.png, and a table on stdout. The combined model's validation threshold
+score_histograms.png, and tables on stdout: the metrics, and each held-out twin family's own
+twin EER (`by_family` in the report). The combined model's validation threshold
 is written back into the checkpoint (atomically) for inference. With `--by-trait` (the
 simulator's traits.json), the twin EER of both models is also broken down by mark kind and by
 where the marks are (inside the five parts / only in added regions / outside all): by_trait.json
@@ -138,6 +139,47 @@ def bootstrap_intervals(scores, pairs, families_a, families_b, resamples: int, s
     return intervals
 
 
+def twin_eer_by_family(scores: np.ndarray, kind: np.ndarray, family_a: np.ndarray,
+                       family_b: np.ndarray) -> dict[str, Any]:
+    """Each held-out twin family's own twin EER: its genuine pairs against its twin pairs.
+
+    The pooled twin EER ranks the pairs of every family on one scale. One family whose
+    twins the model cannot order (or whose genuine pairs all score low, such as photos
+    taken years apart) raises it whatever the other families do; the per-family EERs show
+    whether that is what happened. Families without twin pairs (people without a twin) are
+    left out; `median_eer` is over the families with both kinds of pair."""
+    same = family_a == family_b
+    families: dict[str, Any] = {}
+    for family in sorted(set(family_a[same & (kind == vp.TWIN)].tolist())):
+        chosen = same & (family_a == family) & ((kind == vp.GENUINE) | (kind == vp.TWIN))
+        genuine = kind[chosen] == vp.GENUINE
+        entry = {"genuine_pairs": int(genuine.sum()), "twin_pairs": int((~genuine).sum()), "eer": None,
+                 "genuine_mean": float(scores[chosen][genuine].mean()) if genuine.any() else None,
+                 "twin_mean": float(scores[chosen][~genuine].mean())}
+        if genuine.any():
+            entry["eer"] = float(vm.equal_error_rate(scores[chosen], genuine.astype(int))[0])
+        families[family] = entry
+    eers = [entry["eer"] for entry in families.values() if entry["eer"] is not None]
+    return {"families": families, "median_eer": float(np.median(eers)) if eers else None}
+
+
+def family_table(report: dict[str, Any]) -> str:
+    """Plain-text table of `report["by_family"]`: one line per held-out twin family."""
+    by_family = report["by_family"]
+    percent = lambda value: "n/a" if value is None else f"{100 * value:.1f}%"
+    mean = lambda value: "n/a" if value is None else f"{value:.3f}"
+    lines = [f"{'family':34s} {'genuine':>7s} {'twin':>6s} {'twin EER':>9s} {'global alone':>12s} "
+             f"{'mean score: genuine / twin':>27s}"]
+    for family, entry in by_family["combined"]["families"].items():
+        alone = by_family["adaface"]["families"][family]
+        lines.append(f"{family[:34]:34s} {entry['genuine_pairs']:7d} {entry['twin_pairs']:6d} "
+                     f"{percent(entry['eer']):>9s} {percent(alone['eer']):>12s} "
+                     f"{mean(entry['genuine_mean']) + ' / ' + mean(entry['twin_mean']):>27s}")
+    lines.append(f"{'median over families':34s} {'':7s} {'':6s} {percent(by_family['combined']['median_eer']):>9s} "
+                 f"{percent(by_family['adaface']['median_eer']):>12s}")
+    return "\n".join(lines)
+
+
 def pair_rows(split_name: str, index: FaceDataIndex, data: dict[str, Any], global_label: str) -> list[list[Any]]:
     pairs, numbers, scores = data["pairs"], data["numbers"], data["scores"]
     rows = []
@@ -223,6 +265,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     scores the twin model with its global input zeroed (and never stores a threshold).
     `by_trait`: a simulator's traits.json, to break the twin EER down by kind of mark."""
     traits = trait_breakdown.load_traits(by_trait) if by_trait is not None else None
+    sources = trait_breakdown.load_sources(by_trait) if by_trait is not None else None
     context = distributed.Context(device=distributed.resolve_device(device, 0))
     checkpoint = read_checkpoint(checkpoint_path)
     missing = [k for k in ("config", "part_crop_size") if k not in checkpoint]
@@ -315,6 +358,8 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             "label": labels[name], "threshold": threshold, "threshold_rule": rule, "test": metrics,
             "bootstrap": bootstrap_intervals(test["scores"][name], test["pairs"], family_a, family_b, bootstrap,
                                              config.seed) if bootstrap else None}
+    report["by_family"] = {name: twin_eer_by_family(test["scores"][name], test["pairs"].kind, family_a, family_b)
+                           for name in MODELS}
     if traits is not None:
         persons_a = [index.images[test["numbers"][i]].person for i in test["pairs"].first]
         persons_b = [index.images[test["numbers"][i]].person for i in test["pairs"].second]
@@ -324,6 +369,12 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         report["by_trait"] = {name: trait_breakdown.twin_eer_by_trait(test["scores"][name], test["pairs"].kind,
                                                                      persons_a, persons_b, twin_of, traits)
                               for name in MODELS}
+        if sources is not None:
+            keys = [[(index.images[test["numbers"][i]].person, index.images[test["numbers"][i]].key) for i in side]
+                    for side in (test["pairs"].first, test["pairs"].second)]
+            for name in MODELS:
+                report["by_trait"][name]["photos"] = trait_breakdown.twin_eer_by_photo(
+                    test["scores"][name], test["pairs"].kind, *keys, twin_of, sources)
         write_json_atomic(output / "by_trait.json", {"traits": str(by_trait), **report["by_trait"]})
     write_json_atomic(output / "report.json", report)
     buffer = io.StringIO()
@@ -383,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{report['pairs']['general']} general impostor (of {report['general_impostor_pairs_existing']}); "
           f"threshold {report['threshold_source']}")
     print(summary_table(report))
+    print(family_table(report))
     if "by_trait" in report:
         print(trait_breakdown.table(report["by_trait"]))
     print(f"report, pairs.csv and plots in {output}")

@@ -71,6 +71,7 @@ def run_demo(photos: Path | None, output: Path, epochs: int, images_per_identity
     report = evaluate.evaluate(Path(config.output_dir) / "checkpoints" / "best.pth", evaluation,
                                bootstrap=200, workers=1, by_trait=data.twin_data / "traits.json")
     print(evaluate.summary_table(report))
+    print(evaluate.family_table(report))
     print(trait_breakdown.table(report["by_trait"]))
     # None: the held-out families give no pairs of that kind (a very small photo set)
     eer = {name: {kind: (report["models"][name]["test"][kind] or {}).get("eer") for kind in ("twin", "general")}

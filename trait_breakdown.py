@@ -9,7 +9,13 @@ Breakdowns (each a set of families; their genuine and twin-impostor pairs give o
 - `kind`: families with at least one distinguishing mark of that kind;
 - `region`: families whose distinguishing marks all lie in one group (`five`, `added`,
   `outside`), families with marks in several (`mixed`), and `not_in_five`: families with
-  no distinguishing mark inside the five parts (what a five-part model cannot see).
+  no distinguishing mark inside the five parts (what a five-part model cannot see);
+- `photos` (where the simulator's `jpg_dataset.json` lies beside its traits.json):
+  `same_photo`, the genuine pairs whose two images are captures of one real photo, and
+  `other_photo`, those made from two different real photos of the person, each against
+  the twin pairs of the same families. Twins are built from the same photos, so a model
+  that tells twins apart by their marks scores both alike; one that mostly recognises the
+  photo accepts same-photo genuine pairs and confuses the other ones with twins.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 
 import verification_metrics as vm
 import verification_pairs as vp
+from face_parts_extractor import image_key
 
 REGION_GROUPS = ("five", "added", "outside")
 
@@ -48,6 +55,52 @@ def load_traits(path: Path) -> dict[str, dict[str, Any]]:
             raise TraitFileError(f"{path}: identity {identity!r} lacks marks with kind, group and shared "
                                  "(made before traits recorded their regions? re-run make_twin_demo.py)")
     return identities
+
+
+def load_sources(traits_path: Path) -> dict[tuple[str, str], str] | None:
+    """`{(identity, image key): source photo}` from the `sources` of traits.json and the
+    image order of the `jpg_dataset.json` beside it; None where that file is absent."""
+    dataset_path = Path(traits_path).parent / "jpg_dataset.json"
+    if not dataset_path.is_file():
+        return None
+    try:
+        dataset = json.loads(dataset_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise TraitFileError(f"{dataset_path}: not valid JSON ({error})") from None
+    identities = load_traits(traits_path)
+    sources = {}
+    for identity, entries in dataset.items():
+        photos = identities.get(identity, {}).get("sources")
+        if not isinstance(photos, list) or len(photos) != len(entries):
+            raise TraitFileError(f"{traits_path}: identity {identity!r} lists {len(photos or [])} source photos "
+                                 f"for its {len(entries)} images in {dataset_path}")
+        sources.update({(identity, image_key(entry)): photo for entry, photo in zip(entries, photos)})
+    return sources
+
+
+def twin_eer_by_photo(scores: np.ndarray, kind: np.ndarray, keys_a: list[tuple[str, str]],
+                      keys_b: list[tuple[str, str]], twin_of: dict[str, str],
+                      sources: dict[tuple[str, str], str]) -> dict[str, Any]:
+    """Twin EER of the genuine pairs from one real photo and of those from two, each against
+    the twin pairs of the families that have such genuine pairs. `keys_*`: (person, image key)."""
+    family_of = {p: "+".join(sorted((p, t))) for p, t in twin_of.items()}
+    first = np.array([family_of.get(person, "") for person, _ in keys_a])
+    second = np.array([family_of.get(person, "") for person, _ in keys_b])
+    same_photo = np.array([sources.get(a) is not None and sources.get(a) == sources.get(b)
+                           for a, b in zip(keys_a, keys_b)])
+    inside = (first == second) & (first != "")
+    result: dict[str, Any] = {}
+    for name, wanted in (("same_photo", True), ("other_photo", False)):
+        genuine = inside & (kind == vp.GENUINE) & (same_photo == wanted)
+        families = sorted(set(first[genuine].tolist()))
+        twins = inside & (kind == vp.TWIN) & np.isin(first, families)
+        entry = {"families": len(families), "genuine_pairs": int(genuine.sum()), "twin_pairs": int(twins.sum()),
+                 "eer": None}
+        if genuine.any() and twins.any():
+            chosen = genuine | twins
+            entry["eer"] = vm.equal_error_rate(scores[chosen], genuine[chosen].astype(int))[0]
+        result[name] = entry
+    return result
 
 
 def distinguishing_marks(traits: dict[str, dict[str, Any]], identity: str, twin: str) -> list[dict[str, Any]]:

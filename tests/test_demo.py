@@ -55,6 +55,12 @@ def test_demo_runs_end_to_end(copy_photos, landmarker_model, tmp_path, monkeypat
     assert set(result["twin_eer"]) == set(result["general_eer"]) == {"combined", "adaface"}
     assert (tmp_path / "demo" / "evaluation" / "report.json").is_file()
     assert (tmp_path / "demo" / "training" / "checkpoints" / "best.pth").is_file()
+    report = result["report"]
+    assert "median over families" in printed and set(report["by_family"]) == {"combined", "adaface"}
+    # Each person has one photo: every held-out genuine pair is two captures of it, found by its image key.
+    photos = report["by_trait"]["combined"]["photos"]
+    assert photos["same_photo"]["genuine_pairs"] == report["pairs"]["genuine"] > 0
+    assert photos["other_photo"]["genuine_pairs"] == 0 and photos["other_photo"]["eer"] is None
 
 
 def test_demo_global_model_choice(tmp_path, monkeypatch):

@@ -172,3 +172,38 @@ def test_runs_from_before_the_gate_resume_without_it(tmp_path):
     train.check_resumable(saved, replace(config, recogniser_gate=0.0), tmp_path / "latest.pth")
     with pytest.raises(ConfigError, match="recogniser_gate: 0.0 → 0.01"):
         train.check_resumable(saved, config, tmp_path / "latest.pth")
+
+
+def test_each_twin_family_gets_its_own_twin_eer():
+    import verification_pairs as vp
+    g, t, x = vp.GENUINE, vp.TWIN, vp.GENERAL
+    # a+b: every genuine pair above every twin pair; c+d: the same scores for both kinds; e: no twin.
+    scores = np.array([0.9, 0.8, 0.3, 0.2, 0.5, 0.6, 0.5, 0.6, 0.7, 0.95])
+    kind = np.array([g, g, t, t, g, g, t, t, g, x])
+    family_a = np.array(["a+b"] * 4 + ["c+d"] * 4 + ["e", "a+b"])
+    family_b = np.array(["a+b"] * 4 + ["c+d"] * 4 + ["e", "e"])
+    result = evaluate.twin_eer_by_family(scores, kind, family_a, family_b)
+    assert set(result["families"]) == {"a+b", "c+d"}  # e has no twin; the general pair counts nowhere
+    first, second = result["families"]["a+b"], result["families"]["c+d"]
+    assert first["eer"] == 0.0 and second["eer"] == pytest.approx(0.5)
+    assert (first["genuine_pairs"], first["twin_pairs"]) == (2, 2)
+    assert first["genuine_mean"] == pytest.approx(0.85) and first["twin_mean"] == pytest.approx(0.25)
+    assert result["median_eer"] == pytest.approx(0.25)
+
+
+def test_the_per_family_twin_eer_is_reproduced_from_the_csv(evaluated, capsys):
+    output, report = evaluated
+    rows = [r for r in csv.DictReader(open(output / "pairs.csv")) if r["kind"] in ("genuine", "twin")]
+    for model, column in (("combined", "score_combined"), ("adaface", "score_global")):
+        families = report["by_family"][model]["families"]
+        assert families, "the test split holds twin families"
+        for family, entry in families.items():
+            members = set(family.split("+"))
+            chosen = [r for r in rows if r["person_a"] in members and r["person_b"] in members]
+            genuine = np.array([r["kind"] == "genuine" for r in chosen]).astype(int)
+            assert (genuine.sum(), len(genuine) - genuine.sum()) == (entry["genuine_pairs"], entry["twin_pairs"])
+            scores = np.array([float(r[column]) for r in chosen])
+            assert independent_eer(scores, genuine) == pytest.approx(entry["eer"], abs=1e-3)
+    table = evaluate.family_table(report)
+    assert all(family[:34] in table for family in report["by_family"]["combined"]["families"])
+    assert "median over families" in table

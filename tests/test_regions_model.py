@@ -144,3 +144,31 @@ def test_twin_eer_by_trait_selects_families_by_their_distinguishing_marks():
     assert result["kind"]["pit"]["families"] == 2 and result["kind"]["scar"]["families"] == 1
     assert result["kind"]["scar"]["eer"] == 1.0  # the shared scar of family a does not count
     assert "pit" in trait_breakdown.table({"combined": result})
+
+
+def test_twin_eer_by_photo_sets_genuine_pairs_from_one_photo_apart_from_those_from_two():
+    sources = {("a1", "k1"): "a/1.jpg", ("a1", "k2"): "a/1.jpg", ("a1", "k3"): "a/2.jpg",
+               ("a2", "k1"): "a/1.jpg", ("a2", "k2"): "a/2.jpg"}
+    twin_of = {"a1": "a2", "a2": "a1"}
+    # Same-photo genuine pairs score above the twins, other-photo ones below them.
+    pairs = [(("a1", "k1"), ("a1", "k2"), vp.GENUINE, 0.9), (("a1", "k1"), ("a1", "k3"), vp.GENUINE, 0.2),
+             (("a1", "k2"), ("a1", "k3"), vp.GENUINE, 0.1), (("a1", "k1"), ("a2", "k1"), vp.TWIN, 0.5),
+             (("a1", "k3"), ("a2", "k2"), vp.TWIN, 0.6), (("a1", "k1"), ("b1", "k1"), vp.GENERAL, 0.95)]
+    a, b, kind, scores = zip(*pairs)
+    result = trait_breakdown.twin_eer_by_photo(np.array(scores), np.array(kind), list(a), list(b), twin_of, sources)
+    assert result["same_photo"] == {"families": 1, "genuine_pairs": 1, "twin_pairs": 2, "eer": 0.0}
+    assert result["other_photo"] == {"families": 1, "genuine_pairs": 2, "twin_pairs": 2, "eer": 1.0}
+
+
+def test_source_photos_come_from_the_traits_and_the_image_order_beside_them(tmp_path):
+    traits = {"identities": {"p_a": {"sources": ["p/1.jpg", "p/2.jpg"], "traits": []}}}
+    (tmp_path / "traits.json").write_text(json.dumps(traits))
+    assert trait_breakdown.load_sources(tmp_path / "traits.json") is None  # no jpg_dataset.json beside it
+    entries = ["images/p_a/p_a_00.jpg", "images/p_a/p_a_01.jpg"]
+    (tmp_path / "jpg_dataset.json").write_text(json.dumps({"p_a": entries}))
+    sources = trait_breakdown.load_sources(tmp_path / "traits.json")
+    assert sources == {("p_a", extractor.image_key(entries[0])): "p/1.jpg",
+                       ("p_a", extractor.image_key(entries[1])): "p/2.jpg"}
+    (tmp_path / "jpg_dataset.json").write_text(json.dumps({"p_a": entries[:1]}))
+    with pytest.raises(trait_breakdown.TraitFileError, match="jpg_dataset.json"):
+        trait_breakdown.load_sources(tmp_path / "traits.json")
