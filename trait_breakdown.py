@@ -86,12 +86,12 @@ def twin_eer_by_photo(scores: np.ndarray, kind: np.ndarray, keys_a: list[tuple[s
     family_of = {p: "+".join(sorted((p, t))) for p, t in twin_of.items()}
     first = np.array([family_of.get(person, "") for person, _ in keys_a])
     second = np.array([family_of.get(person, "") for person, _ in keys_b])
-    same_photo = np.array([sources.get(a) is not None and sources.get(a) == sources.get(b)
-                           for a, b in zip(keys_a, keys_b)])
+    photo_a, photo_b = [np.array([sources.get(key, "") for key in keys]) for keys in (keys_a, keys_b)]
+    known = (photo_a != "") & (photo_b != "")  # images the traits file does not list count nowhere
     inside = (first == second) & (first != "")
     result: dict[str, Any] = {}
     for name, wanted in (("same_photo", True), ("other_photo", False)):
-        genuine = inside & (kind == vp.GENUINE) & (same_photo == wanted)
+        genuine = inside & known & (kind == vp.GENUINE) & ((photo_a == photo_b) == wanted)
         families = sorted(set(first[genuine].tolist()))
         twins = inside & (kind == vp.TWIN) & np.isin(first, families)
         entry = {"families": len(families), "genuine_pairs": int(genuine.sum()), "twin_pairs": int(twins.sum()),

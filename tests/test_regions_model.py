@@ -153,7 +153,8 @@ def test_twin_eer_by_photo_sets_genuine_pairs_from_one_photo_apart_from_those_fr
     # Same-photo genuine pairs score above the twins, other-photo ones below them.
     pairs = [(("a1", "k1"), ("a1", "k2"), vp.GENUINE, 0.9), (("a1", "k1"), ("a1", "k3"), vp.GENUINE, 0.2),
              (("a1", "k2"), ("a1", "k3"), vp.GENUINE, 0.1), (("a1", "k1"), ("a2", "k1"), vp.TWIN, 0.5),
-             (("a1", "k3"), ("a2", "k2"), vp.TWIN, 0.6), (("a1", "k1"), ("b1", "k1"), vp.GENERAL, 0.95)]
+             (("a1", "k3"), ("a2", "k2"), vp.TWIN, 0.6), (("a1", "k1"), ("b1", "k1"), vp.GENERAL, 0.95),
+             (("a1", "k1"), ("a1", "unlisted"), vp.GENUINE, 0.0)]  # an image the traits do not list
     a, b, kind, scores = zip(*pairs)
     result = trait_breakdown.twin_eer_by_photo(np.array(scores), np.array(kind), list(a), list(b), twin_of, sources)
     assert result["same_photo"] == {"families": 1, "genuine_pairs": 1, "twin_pairs": 2, "eer": 0.0}
