@@ -151,14 +151,11 @@ def twin_eer_by_family(scores: np.ndarray, kind: np.ndarray, family_a: np.ndarra
     same = family_a == family_b
     families: dict[str, Any] = {}
     for family in sorted(set(family_a[same & (kind == vp.TWIN)].tolist())):
-        chosen = same & (family_a == family) & ((kind == vp.GENUINE) | (kind == vp.TWIN))
-        genuine = kind[chosen] == vp.GENUINE
-        entry = {"genuine_pairs": int(genuine.sum()), "twin_pairs": int((~genuine).sum()), "eer": None,
-                 "genuine_mean": float(scores[chosen][genuine].mean()) if genuine.any() else None,
-                 "twin_mean": float(scores[chosen][~genuine].mean())}
-        if genuine.any():
-            entry["eer"] = float(vm.equal_error_rate(scores[chosen], genuine.astype(int))[0])
-        families[family] = entry
+        genuine = same & (family_a == family) & (kind == vp.GENUINE)
+        twins = same & (family_a == family) & (kind == vp.TWIN)
+        families[family] = {**trait_breakdown.subset_twin_eer(scores, genuine, twins),
+                            "genuine_mean": float(scores[genuine].mean()) if genuine.any() else None,
+                            "twin_mean": float(scores[twins].mean())}
     eers = [entry["eer"] for entry in families.values() if entry["eer"] is not None]
     return {"families": families, "median_eer": float(np.median(eers)) if eers else None}
 

@@ -57,6 +57,23 @@ def load_traits(path: Path) -> dict[str, dict[str, Any]]:
     return identities
 
 
+def twin_family_of_pairs(persons: list[str], twin_of: dict[str, str]) -> np.ndarray:
+    """The twin family of each pair's person on one side (`a+b`, the twins' sorted names;
+    "" for a person without a twin)."""
+    family_of = {p: "+".join(sorted((p, t))) for p, t in twin_of.items()}
+    return np.array([family_of.get(p, "") for p in persons])
+
+
+def subset_twin_eer(scores: np.ndarray, genuine: np.ndarray, twins: np.ndarray) -> dict[str, Any]:
+    """Pair counts and twin EER of the genuine pairs `genuine` against the twin pairs `twins`
+    (boolean masks over the pairs); the EER is None unless both are there."""
+    entry = {"genuine_pairs": int(genuine.sum()), "twin_pairs": int(twins.sum()), "eer": None}
+    if genuine.any() and twins.any():
+        chosen = genuine | twins
+        entry["eer"] = float(vm.equal_error_rate(scores[chosen], genuine[chosen].astype(int))[0])
+    return entry
+
+
 def load_sources(traits_path: Path) -> dict[tuple[str, str], str] | None:
     """`{(identity, image key): source photo}` from the `sources` of traits.json and the
     image order of the `jpg_dataset.json` beside it; None where that file is absent."""
@@ -83,9 +100,8 @@ def twin_eer_by_photo(scores: np.ndarray, kind: np.ndarray, keys_a: list[tuple[s
                       sources: dict[tuple[str, str], str]) -> dict[str, Any]:
     """Twin EER of the genuine pairs from one real photo and of those from two, each against
     the twin pairs of the families that have such genuine pairs. `keys_*`: (person, image key)."""
-    family_of = {p: "+".join(sorted((p, t))) for p, t in twin_of.items()}
-    first = np.array([family_of.get(person, "") for person, _ in keys_a])
-    second = np.array([family_of.get(person, "") for person, _ in keys_b])
+    first = twin_family_of_pairs([person for person, _ in keys_a], twin_of)
+    second = twin_family_of_pairs([person for person, _ in keys_b], twin_of)
     photo_a, photo_b = [np.array([sources.get(key, "") for key in keys]) for keys in (keys_a, keys_b)]
     known = (photo_a != "") & (photo_b != "")  # images the traits file does not list count nowhere
     inside = (first == second) & (first != "")
@@ -94,12 +110,7 @@ def twin_eer_by_photo(scores: np.ndarray, kind: np.ndarray, keys_a: list[tuple[s
         genuine = inside & known & (kind == vp.GENUINE) & ((photo_a == photo_b) == wanted)
         families = sorted(set(first[genuine].tolist()))
         twins = inside & (kind == vp.TWIN) & np.isin(first, families)
-        entry = {"families": len(families), "genuine_pairs": int(genuine.sum()), "twin_pairs": int(twins.sum()),
-                 "eer": None}
-        if genuine.any() and twins.any():
-            chosen = genuine | twins
-            entry["eer"] = vm.equal_error_rate(scores[chosen], genuine[chosen].astype(int))[0]
-        result[name] = entry
+        result[name] = {"families": len(families), **subset_twin_eer(scores, genuine, twins)}
     return result
 
 
@@ -122,25 +133,19 @@ def twin_eer_by_trait(scores: np.ndarray, kind: np.ndarray, person_a: list[str],
                       twin_of: dict[str, str], traits: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Twin EER per breakdown label. `scores`, `kind` (`verification_pairs` kinds) and the
     pair's two persons are per pair; families are named by their sorted twin pair."""
-    family_of = {p: "+".join(sorted((p, t))) for p, t in twin_of.items()}
     labels: dict[str, dict[str, list[str]]] = {}
     for person, twin in twin_of.items():
-        labels[family_of[person]] = family_groups(distinguishing_marks(traits, person, twin))
-    first = np.array([family_of.get(p, "") for p in person_a])
-    second = np.array([family_of.get(p, "") for p in person_b])
-    usable = ((kind == vp.GENUINE) | (kind == vp.TWIN)) & (first == second) & (first != "")
+        labels["+".join(sorted((person, twin)))] = family_groups(distinguishing_marks(traits, person, twin))
+    first, second = twin_family_of_pairs(person_a, twin_of), twin_family_of_pairs(person_b, twin_of)
+    inside = (first == second) & (first != "")
     result: dict[str, Any] = {"kind": {}, "region": {}}
     for axis in result:
         names = sorted({name for family in labels.values() for name in family[axis]})
         for name in names:
             families = [f for f, family in labels.items() if name in family[axis]]
-            chosen = usable & np.isin(first, families)
-            genuine = kind[chosen] == vp.GENUINE
-            entry = {"families": len(families), "genuine_pairs": int(genuine.sum()),
-                     "twin_pairs": int((~genuine).sum()), "eer": None}
-            if 0 < genuine.sum() < len(genuine):
-                entry["eer"] = vm.equal_error_rate(scores[chosen], genuine.astype(int))[0]
-            result[axis][name] = entry
+            chosen = inside & np.isin(first, families)
+            result[axis][name] = {"families": len(families),
+                                  **subset_twin_eer(scores, chosen & (kind == vp.GENUINE), chosen & (kind == vp.TWIN))}
     return result
 
 
