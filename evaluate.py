@@ -45,7 +45,7 @@ import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_bytes_atomic, write_json_atomic, write_text_atomic
 from cli_errors import ExpectedError, cli_main
 from combined_model import CheckpointMismatchError, TwinVerificationModel, read_checkpoint
-from train_config import ConfigError, TrainConfig
+from train_config import ConfigError, TrainConfig, fixed_weight
 from triplet_dataset import DataIndexError, FaceDataIndex, load_split
 
 MODELS = ("combined", "adaface")
@@ -309,22 +309,28 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
     val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
 
-    # The recogniser's gate (training's rule, on this validation; else the checkpoint's): pairs it
-    # takes for different people score below every pair it lets through. The parts-only scores
-    # show the parts by themselves, so they are not gated.
-    gate = None
+    # The recogniser's gate and its weight in the decision score (training's rules, on this
+    # validation; else the checkpoint's): pairs the gate takes for different people score below
+    # every pair it lets through. The parts-only scores show the parts by themselves, so they
+    # are neither mixed nor gated.
+    gate, weight = None, 0.0
     if not parts_only:
-        gate = (vp.recogniser_gate(val["scores"]["adaface"], val["pairs"].kind, config.recogniser_gate)
-                if val is not None else checkpoint.get("recogniser_gate"))
-        for data in (test, val) if val is not None else (test,):
-            data["scores"]["combined"] = vp.gated_scores(data["scores"]["combined"], data["scores"]["adaface"], gate)
+        if val is not None:
+            gate = vp.recogniser_gate(val["scores"]["adaface"], val["pairs"].kind, config.recogniser_gate)
+            val["scores"]["combined"], weight = vp.decision_scores(
+                val["scores"]["combined"], val["scores"]["adaface"], val["pairs"].kind, gate,
+                fixed_weight(config.recogniser_weight))
+        else:
+            gate, weight = checkpoint.get("recogniser_gate"), float(checkpoint.get("recogniser_weight") or 0.0)
+        test["scores"]["combined"] = vp.decision_scores(test["scores"]["combined"], test["scores"]["adaface"],
+                                                        test["pairs"].kind, gate, weight)[0]
     if model.config.decision_embedding != "combined":  # the part embeddings compared, the recogniser as gate
         compared = "parts" if model.config.decision_embedding == "parts" else "parts and projection"
-        twin_label = f"twin model ({compared}" + (f", behind the gate of {model.global_branch_label})"
-                                                  if gate is not None else ")")
+        twin_label = f"twin model ({compared}" + (f", behind the gate of {model.global_branch_label}"
+                                                  if gate is not None else "")
     else:
-        twin_label = (f"twin model ({model.global_branch_label} + parts"
-                      + (", behind its gate)" if gate is not None else ")"))
+        twin_label = f"twin model ({model.global_branch_label} + parts" + (", behind its gate" if gate is not None else "")
+    twin_label += f"; recogniser weight {weight:.2f})" if weight else ")"
     labels = {"combined": "twin model, parts only (global input zeroed)" if parts_only else twin_label,
               "adaface": f"global alone: {model.global_branch_label}"}
     families = family_of(index)
@@ -338,7 +344,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         "threshold_source": (f"chosen on {len(split['val'])} validation identities ({threshold_rule})" if val
                              else "stored in the checkpoint (from training validation)"),
         "target_twin_far": target_twin_far if threshold_rule == TWIN_FAR_RULE and val else None,
-        "recogniser_gate": gate,
+        "recogniser_gate": gate, "recogniser_weight": weight,
         "models": {}}
     for name in MODELS:
         if val is not None:
@@ -385,6 +391,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         checkpoint["threshold"] = report["models"]["combined"]["threshold"]
         checkpoint["threshold_rule"] = f"{report['models']['combined']['threshold_rule']} (evaluate.py)"
         checkpoint["recogniser_gate"] = gate
+        checkpoint["recogniser_weight"] = weight
         torch_save_atomic(checkpoint, checkpoint_path)
     return report
 

@@ -287,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "threshold": info.get("threshold"), "threshold_rule": info.get("threshold_rule"),
         # same person only if, too, the global graph's features have at least this cosine similarity
         "recogniser_gate": info.get("recogniser_gate"),
+        # the decision score: (1 - w) * cosine of the local graph's embeddings + w * cosine of the global features
+        "recogniser_weight": info.get("recogniser_weight") or 0.0,
         "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
         "global_embedding_dim": model.global_dim, "embedding_dim": model.decision_dim,
         "decision_embedding": model.config.decision_embedding,  # what the local graph's embedding is

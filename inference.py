@@ -42,6 +42,7 @@ from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUF
 from face_parts_model import part_encoder_input
 from global_branch import default_global_model
 from net import IRBackbone, adaface_input_tensor, load_adaface
+import verification_pairs as vp
 
 IMAGE_ERRORS = (ImageDecodeError, NoFaceError)  # a bad photo: reported, never a crash
 ImageSource = Union[str, os.PathLike, np.ndarray]  # a photo file, or decoded RGB uint8 H×W×3
@@ -88,7 +89,7 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
     if not isinstance(checkpoint.get("part_crop_size"), int):
         raise CheckpointMismatchError(f"{path}: no integer 'part_crop_size'; inference needs the best.pth "
                                       "that training writes (checkpoints/best.pth)")
-    for key in ("threshold", "recogniser_gate"):
+    for key in ("threshold", "recogniser_gate", "recogniser_weight"):
         value = checkpoint.get(key)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise CheckpointMismatchError(f"{path}: its {key} {value!r} is not a finite number")
@@ -103,13 +104,15 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
 
 @dataclass(frozen=True)
 class Verification:
-    similarity: float   # cosine similarity of the two embeddings
+    similarity: float   # the decision score: (1 − w) · twin similarity + w · recogniser similarity
     threshold: float    # same person when similarity ≥ threshold (and the pair passes the recogniser's gate)
     same_person: bool
     global_branch: str  # the global model the twin model was built on (AdaFace IR-50, an ONNX file's name)
     threshold_rule: str | None = None  # how the threshold was chosen (e.g. the validation twin FAR)
     recogniser_similarity: float | None = None  # the global model's own cosine similarity of the two faces
     recogniser_gate: float | None = None  # below it, different people whatever the similarity (None: no gate)
+    recogniser_weight: float = 0.0  # w: the recogniser's share of the decision score (chosen in validation)
+    twin_similarity: float | None = None  # cosine similarity of the twin model's two embeddings
 
     @property
     def decision(self) -> str:
@@ -131,11 +134,12 @@ class TwinVerifier:
     def __init__(self, model: TwinVerificationModel, detector: FaceLandmarkDetector, part_crop_size: int,
                  threshold: float | None, global_branch: str, source: str = "<model>",
                  threshold_rule: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 recogniser_gate: float | None = None):
+                 recogniser_gate: float | None = None, recogniser_weight: float = 0.0):
         """`max_pixels`: larger photos are refused before they are decoded. `recogniser_gate`: pairs
-        whose global similarity is below it are different people (training's `recogniser_gate`)."""
+        whose global similarity is below it are different people (training's `recogniser_gate`).
+        `recogniser_weight`: the recogniser's similarity's share of the decision score."""
         self.model, self.detector = model.eval(), detector
-        self.recogniser_gate = recogniser_gate
+        self.recogniser_gate, self.recogniser_weight = recogniser_gate, float(recogniser_weight or 0.0)
         self.max_pixels = max_pixels
         self.part_crop_size, self.threshold, self.threshold_rule = part_crop_size, threshold, threshold_rule
         self.global_branch, self.source = global_branch, source
@@ -152,7 +156,7 @@ class TwinVerifier:
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
                    info.get("global_branch", model.global_branch_label), str(path), info.get("threshold_rule"),
-                   max_pixels, info.get("recogniser_gate"))
+                   max_pixels, info.get("recogniser_gate"), info.get("recogniser_weight") or 0.0)
 
     def prepare(self, image: ImageSource, name: str | None = None) -> FaceInputs:
         """Parts and aligned face of the largest face in a photo file or an RGB uint8 `H×W×3` array."""
@@ -224,9 +228,13 @@ class TwinVerifier:
         return EmbeddingResults(embeddings, ok, failures)
 
     def similarity(self, a: ImageSource, b: ImageSource) -> float:
-        """Cosine similarity of the two photos' embeddings (unit length, so a dot product)."""
-        first, second = self.embed_many([a, b])
-        return float(np.dot(first, second))
+        """The decision score of two photos (before the recogniser's gate): the cosine similarity of
+        their embeddings, mixed with the recogniser's at the checkpoint's `recogniser_weight`."""
+        embeddings, features = self.embed_faces_and_global([self.prepare(a, "image 0"), self.prepare(b, "image 1")])
+        return self.decision_score(float(np.dot(*embeddings)), float(np.dot(*features)))
+
+    def decision_score(self, twin_similarity: float, recogniser_similarity: float) -> float:
+        return float(vp.fused_scores(twin_similarity, recogniser_similarity, self.recogniser_weight))
 
     def verify(self, a: ImageSource, b: ImageSource, threshold: float | None = None) -> Verification:
         """Same person or not, at `threshold` (default: the checkpoint's)."""
@@ -236,13 +244,14 @@ class TwinVerifier:
             raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
                                    "had no impostor pairs); give one (threshold=…, --threshold)")
         embeddings, features = self.embed_faces_and_global([self.prepare(a, "image 0"), self.prepare(b, "image 1")])
-        similarity = float(np.dot(*embeddings))
+        twin_similarity = float(np.dot(*embeddings))
         recogniser = float(np.dot(*features))
+        similarity = self.decision_score(twin_similarity, recogniser)
         if not math.isfinite(similarity):
             raise NonFiniteEmbeddingError(f"{self.source}: the similarity is {similarity}; no decision can be made")
         passes_gate = self.recogniser_gate is None or recogniser >= self.recogniser_gate
         return Verification(similarity, float(threshold), passes_gate and similarity >= threshold, self.global_branch,
-                            rule, recogniser, self.recogniser_gate)
+                            rule, recogniser, self.recogniser_gate, self.recogniser_weight, twin_similarity)
 
     def close(self) -> None:
         self.detector.close()
@@ -337,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         first, second = (str(p) for p in args.images)
         print(json.dumps({"image_a": first, "image_b": second, **asdict(result), "decision": result.decision}))
     else:
-        print(f"similarity:    {result.similarity:.4f}\nthreshold:     {result.threshold:.4f} "
+        print(f"similarity:    {result.similarity:.4f}"
+              + (f"\ntwin model:    {result.twin_similarity:.4f} (the recogniser's similarity has a share of "
+                 f"{result.recogniser_weight:.2f} in the one above)" if result.recogniser_weight else "")
+              + f"\nthreshold:     {result.threshold:.4f} "
               f"({result.threshold_rule or 'rule not recorded'})")
         if result.recogniser_gate is not None:
             print(f"recogniser:    {result.recogniser_similarity:.4f} (gate {result.recogniser_gate:.4f}: below it, "

@@ -33,7 +33,7 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
                    "global_skip": False, "part_loss_weight": 0.0, "part_input": "rgb",
-                   "recogniser_gate": 0.0, "decision_embedding": "combined"}
+                   "recogniser_gate": 0.0, "decision_embedding": "combined", "recogniser_weight": "0"}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights; where the part
 # crops are augmented follows the device, which may change, and both places draw from the same ranges.)
@@ -173,6 +173,11 @@ class TrainConfig:
                                   "people whatever the twin model says, so the twin model decides only between "
                                   "look-alikes (twins). Validation, best.pth, evaluate.py and inference.py all "
                                   "use it; 0 = no gate", default=0.01)
+    recogniser_weight: str = _key("how much the frozen global recogniser's own similarity counts in the decision "
+                                  "score: (1 − w) · twin model + w · recogniser. auto = chosen on each validation "
+                                  "(the smallest w whose twin EER is within 2 points of the best of 0, 0.05, …, 1; "
+                                  "0 where the twin model is the better judge), or a number 0..1. Validation, "
+                                  "best.pth, evaluate.py and inference.py all use it", default="auto")
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
                                            "there are more)", default=200_000)
     # --- run control (may change between resumes) ---
@@ -201,6 +206,8 @@ class TrainConfig:
         check(0 <= self.twin_negative_fraction <= 1, "twin_negative_fraction", "must be within 0..1")
         check(0 < self.target_twin_far < 1, "target_twin_far", "must be between 0 and 1")
         check(0 <= self.recogniser_gate < 1, "recogniser_gate", "must be within [0, 1)")
+        check(self.recogniser_weight == "auto" or fixed_weight(self.recogniser_weight) is not None,
+              "recogniser_weight", "choose auto or a number within 0..1")
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
         for key in ("face_parts_embedding_dim", "hidden_dim", "embedding_dim", "log_every_steps"):
             check(getattr(self, key) >= 1, key, "must be at least 1")
@@ -284,6 +291,15 @@ class TrainConfig:
                 raise ConfigError(f"{source}: {key} must be {expected}, got {value!r}")
             checked[key] = value
         return cls(**checked)
+
+
+def fixed_weight(text: str) -> float | None:
+    """`recogniser_weight` as a number within 0..1; None for `auto` or anything else."""
+    try:
+        weight = float(text)
+    except ValueError:
+        return None
+    return weight if 0 <= weight <= 1 else None
 
 
 def _parse_bool(text: str) -> bool:

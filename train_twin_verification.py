@@ -36,7 +36,8 @@ from combined_model import CheckpointMismatchError, TwinVerificationModel, non_f
 import mining
 from family_batches import FamilyBatchDataset, epoch_family_batches, family_batch_positions
 from run_folder import locked_run_folder, same_folder
-from train_config import DATA_PATH_KEYS, LEGACY_DEFAULTS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, parse_config
+from train_config import (DATA_PATH_KEYS, LEGACY_DEFAULTS, RUN_CONTROL_KEYS, ConfigError, TrainConfig, fixed_weight,
+                          parse_config)
 from triplet_dataset import (DataIndexError, FaceDataIndex, TripletDataset, curriculum_stage, draw_triplets,
                              epoch_triplets, load_or_make_split, read_crop_rgb)
 
@@ -353,7 +354,9 @@ class Validator:
             result["val_loss"] = triplet_loss(anchor, positive, negative, self.config.triplet_margin)[0].item()
         recogniser_scores = vp.cosine_scores(global_embeddings[self.numbers].float().cpu().numpy(), self.pairs)
         result["recogniser_gate"] = vp.recogniser_gate(recogniser_scores, self.pairs.kind, config.recogniser_gate)
-        scores = vp.gated_scores(vp.cosine_scores(embeddings, self.pairs), recogniser_scores, result["recogniser_gate"])
+        scores, result["recogniser_weight"] = vp.decision_scores(
+            vp.cosine_scores(embeddings, self.pairs), recogniser_scores, self.pairs.kind, result["recogniser_gate"],
+            fixed_weight(config.recogniser_weight))
         report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         for kind in ("twin", "general", "all"):
             result[f"{kind}_eer"] = report[kind]["eer"] if report[kind] else None
@@ -572,6 +575,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
                         epoch=epoch + 1, config=config.to_dict(), validation=validation, part_crop_size=crop_size,
                         threshold=validation["threshold"], threshold_rule=validation["threshold_rule"],
                         recogniser_gate=validation["recogniser_gate"],
+                        recogniser_weight=validation["recogniser_weight"],
                         global_branch=model.global_branch_label), checkpoints / "best.pth")
                 torch_save_atomic({"format_version": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
                                    "model_state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -580,7 +584,9 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
                                    "frozen_files": model.frozen_files()}, latest_path)
                 print(f"epoch {epoch + 1}/{config.num_epochs}: loss {row['train_loss']:.4f}, "
                       f"val loss {_number(row['val_loss'])}, twin EER {_pct(row['twin_eer'])}, general EER "
-                      f"{_pct(row['general_eer'])}, {row['part_images_per_second']:.0f} part-images/s"
+                      f"{_pct(row['general_eer'])}"
+                      + (f" (recogniser weight {row['recogniser_weight']:.2f})" if row["recogniser_weight"] else "")
+                      + f", {row['part_images_per_second']:.0f} part-images/s"
                       + (" (best)" if improved else ""))
             distributed.barrier(context)
             invocation_epochs += 1
@@ -607,7 +613,7 @@ def log_epoch(writer, row: dict[str, Any], scores: np.ndarray, kinds: np.ndarray
     for key in ("train_loss", "active_fraction", "twin_negative_ratio", "triplets_per_second",
                 "part_images_per_second", "data_wait_fraction", "stage", "learning_rate"):
         writer.add_scalar(f"train/{key}", row[key], step)
-    for key in ("val_loss", "twin_eer", "general_eer", "all_eer"):
+    for key in ("val_loss", "twin_eer", "general_eer", "all_eer", "recogniser_weight"):
         if row[key] is not None:
             writer.add_scalar(f"val/{key}", row[key], step)
     for kind in ("twin", "general"):

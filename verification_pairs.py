@@ -115,6 +115,49 @@ def gated_scores(scores: np.ndarray, global_scores: np.ndarray, gate: float | No
     return np.where(np.asarray(global_scores) >= gate, scores, np.asarray(scores) - GATED_OFFSET)
 
 
+# The recogniser weights a validation chooses among, and how much worse (in twin EER) than the
+# best of them a smaller weight may be and still be chosen: the twin model is what the system is
+# for, so the recogniser enters only where the validation twins show clearly that it helps.
+RECOGNISER_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
+RECOGNISER_WEIGHT_TOLERANCE = 0.02
+
+
+def fused_scores(scores: np.ndarray, global_scores: np.ndarray, weight: float) -> np.ndarray:
+    """`(1 − weight) · twin model + weight · recogniser`, both cosine similarities."""
+    return (1.0 - weight) * np.asarray(scores) + weight * np.asarray(global_scores)
+
+
+def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndarray,
+                             gate: float | None) -> tuple[float, dict[float, float]]:
+    """The smallest weight of `RECOGNISER_WEIGHTS` whose fused, gated twin EER on these (validation)
+    pairs is within `RECOGNISER_WEIGHT_TOLERANCE` of the lowest; and the twin EER of each weight.
+
+    A twin model that has learnt nothing that carries to new families would otherwise score worse
+    than the recogniser it is built on, wherever the recogniser tells some twins apart; where the
+    twin model is the better judge, the weight stays 0. 0 (and no EERs) without genuine or twin pairs.
+    """
+    kind = np.asarray(kind)
+    selected = (kind == GENUINE) | (kind == TWIN)
+    if not (kind == GENUINE).any() or not (kind == TWIN).any():
+        return 0.0, {}
+    labels = (kind[selected] == GENUINE).astype(np.int64)
+    eers = {}
+    for weight in RECOGNISER_WEIGHTS:
+        fused = gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate)
+        eers[float(weight)] = vm.equal_error_rate(fused[selected], labels)[0]
+    lowest = min(eers.values())
+    return next(w for w, eer in eers.items() if eer <= lowest + RECOGNISER_WEIGHT_TOLERANCE), eers
+
+
+def decision_scores(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndarray, gate: float | None,
+                    weight: float | None) -> tuple[np.ndarray, float]:
+    """A twin model's decision scores: fused with the recogniser's at `weight` (None: the weight
+    these pairs choose, `choose_recogniser_weight`), then behind the recogniser's gate; and the weight."""
+    if weight is None:
+        weight = choose_recogniser_weight(scores, global_scores, kind, gate)[0]
+    return gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate), float(weight)
+
+
 def impostor_selections(kind: np.ndarray) -> dict[str, np.ndarray]:
     """Masks of the pairs each report compares: genuine with twin, with general, with all impostors."""
     genuine = kind == GENUINE

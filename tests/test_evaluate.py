@@ -152,14 +152,40 @@ def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synt
     label = report["models"]["combined"]["label"]
     expected = {"both": "twin model (parts and projection, behind the gate of ",
                 "parts": "twin model (parts, behind the gate of "}
+    weight = torch.load(trained, weights_only=True)["recogniser_weight"]
+    assert report["recogniser_weight"] == pytest.approx(weight)  # one rule, the same validation pairs
     assert (label.startswith(expected[decision]) if decision in expected
-            else label.endswith(" + parts, behind its gate)")), label
+            else " + parts, behind its gate" in label), label
+    assert label.endswith(f"; recogniser weight {weight:.2f})" if weight else "gate)"), label
     with open(output / "pairs.csv") as handle:
         rows = list(csv.DictReader(handle))
     combined = np.array([float(r["score_combined"]) for r in rows])
     recogniser = np.array([float(r["score_global"]) for r in rows])
     assert ((combined < -1) == (recogniser < stored)).all() and (combined < -1).any()
     assert combined.min() >= -1 - vp.GATED_OFFSET
+
+
+def test_a_given_recogniser_weight_mixes_the_recognisers_similarity_into_every_score(synthetic_data, tmp_path):
+    """At weight 1 the decision score is the recogniser's similarity (behind its gate); training's
+    threshold and evaluation's come from those scores alike."""
+    run = tmp_path / "run"
+    train.run_training(tiny_train_config(synthetic_data, run, num_epochs=1, train_split=0.2, test_split=0.4,
+                                         recogniser_weight="1"))
+    trained = run / "checkpoints" / "best.pth"
+    saved = torch.load(trained, weights_only=True)
+    assert saved["recogniser_weight"] == 1.0
+    report = evaluate.evaluate(trained, tmp_path / "evaluation", bootstrap=0, workers=0, progress=False)
+    assert report["recogniser_weight"] == 1.0
+    assert report["models"]["combined"]["label"].endswith("; recogniser weight 1.00)")
+    with open(tmp_path / "evaluation" / "pairs.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    combined = np.array([float(r["score_combined"]) for r in rows])
+    recogniser = np.array([float(r["score_global"]) for r in rows])
+    passed = combined >= -1
+    np.testing.assert_allclose(combined[passed], recogniser[passed], atol=1e-5)
+    for kind in ("twin", "general"):
+        assert (report["models"]["combined"]["test"][kind]["eer"]
+                == pytest.approx(report["models"]["adaface"]["test"][kind]["eer"], abs=0.02))
 
 
 def test_runs_from_before_the_gate_resume_without_it(tmp_path):

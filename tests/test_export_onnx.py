@@ -26,7 +26,7 @@ def exported(tmp_path_factory):
                                   hidden_dim=32, embedding_dim=16, adaface_checkpoint=None).eval()
     checkpoint = folder / "best.pth"
     torch.save(model.deployable_checkpoint(part_crop_size=CROP_PX, threshold=0.25, recogniser_gate=0.3,
-                                           global_branch="test"), checkpoint)
+                                           recogniser_weight=0.4, global_branch="test"), checkpoint)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         status = export_onnx.main(["--checkpoint", str(checkpoint), "--output-dir", str(folder / "onnx")])
@@ -44,7 +44,7 @@ def test_cli_writes_both_graphs_and_their_metadata(exported):
     assert sorted(p.name for p in output.iterdir()) == ["twin_global.onnx", "twin_local.onnx", "twin_onnx.json"]
     metadata = json.loads((output / export_onnx.METADATA_FILE).read_text())
     assert metadata["part_crop_size"] == CROP_PX and metadata["threshold"] == 0.25
-    assert metadata["recogniser_gate"] == 0.3
+    assert metadata["recogniser_gate"] == 0.3 and metadata["recogniser_weight"] == 0.4
     assert max(metadata["max_differences"].values()) < export_onnx.DEFAULT_TOLERANCE
 
 

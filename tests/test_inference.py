@@ -66,7 +66,10 @@ def test_verify_uses_the_stored_threshold(verifier, checkpoint, photos):
     assert result.same_person == (result.similarity >= result.threshold
                                   and result.recogniser_similarity >= result.recogniser_gate)
     expected = float(verifier.embed(photos["obama"]) @ verifier.embed(photos["franck"]))
-    assert result.similarity == pytest.approx(expected, abs=1e-5)
+    assert result.twin_similarity == pytest.approx(expected, abs=1e-5)
+    weight = saved["recogniser_weight"]
+    assert result.recogniser_weight == weight
+    assert result.similarity == pytest.approx((1 - weight) * expected + weight * result.recogniser_similarity, abs=1e-5)
     assert verifier.similarity(photos["obama"], photos["obama"]) == pytest.approx(1.0, abs=1e-5)
     loose = verifier.verify(photos["obama"], photos["franck"], threshold=-1.0)
     assert loose.same_person == (loose.recogniser_similarity >= loose.recogniser_gate)
@@ -85,6 +88,27 @@ def test_the_recogniser_gate_turns_away_pairs_whatever_the_twin_model_says(check
     torch.save({**saved, "recogniser_gate": float("nan")}, tmp_path / "gated.pth")
     with pytest.raises(inference.CheckpointMismatchError, match="recogniser_gate nan is not a finite number"):
         inference.load_twin_checkpoint(tmp_path / "gated.pth")
+
+
+def test_the_recogniser_weight_mixes_the_recognisers_similarity_into_the_decision(checkpoint, landmarker_model,
+                                                                                 photos, tmp_path):
+    saved = torch.load(checkpoint, weights_only=True)
+    results = {}
+    for weight in (0.0, 0.5, 1.0, None):  # None: a checkpoint from before the weight
+        torch.save({**saved, "recogniser_weight": weight}, tmp_path / "weighted.pth")
+        with inference.TwinVerifier.from_checkpoint(tmp_path / "weighted.pth",
+                                                    landmarker_model=landmarker_model) as one:
+            results[weight] = one.verify(photos["obama"], photos["franck"], threshold=0.0)
+            assert one.similarity(photos["obama"], photos["franck"]) == pytest.approx(results[weight].similarity,
+                                                                                      abs=1e-5)
+    twin, recogniser = results[0.0].twin_similarity, results[0.0].recogniser_similarity
+    assert results[0.0].similarity == pytest.approx(twin, abs=1e-6)
+    assert results[None].similarity == pytest.approx(twin, abs=1e-6) and results[None].recogniser_weight == 0.0
+    assert results[1.0].similarity == pytest.approx(recogniser, abs=1e-6)
+    assert results[0.5].similarity == pytest.approx((twin + recogniser) / 2, abs=1e-6)
+    torch.save({**saved, "recogniser_weight": float("inf")}, tmp_path / "weighted.pth")
+    with pytest.raises(inference.CheckpointMismatchError, match="recogniser_weight inf is not a finite number"):
+        inference.load_twin_checkpoint(tmp_path / "weighted.pth")
 
 
 def test_a_checkpoint_without_threshold_is_a_clear_error(checkpoint, landmarker_model, photos, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train_twin_verification as train
+import verification_pairs as vp
 from combined_model import TwinVerificationModel
 from conftest import REPO, one_epoch_setup, tiny_train_config
 from train_config import ConfigError, TrainConfig, parse_config
@@ -74,7 +75,8 @@ def test_end_to_end_outputs(finished_run):
     rows = [json.loads(line) for line in (output / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "val_loss", "twin_eer", "general_eer", "active_fraction", "twin_negative_ratio",
-                "triplets_per_second", "part_images_per_second", "learning_rate", "stage", "time_to_twin_eer"):
+                "triplets_per_second", "part_images_per_second", "learning_rate", "stage", "time_to_twin_eer",
+                "recogniser_weight"):
         assert rows[-1][key] is not None, key
     assert config.sampler == "families" and config.loss == "batch_all" and config.part_head == "spatial"  # defaults
     assert rows[-1]["cumulative_images_encoded"] == sum(r["images_encoded"] for r in rows) == state["images_encoded"]
@@ -83,6 +85,8 @@ def test_end_to_end_outputs(finished_run):
     best = torch.load(output / "checkpoints" / "best.pth", weights_only=True)
     assert best["epoch"] == state["best"]["epoch"] and best["config"]["seed"] == config.seed
     assert best["part_crop_size"] == 32 and -1 <= best["threshold"] <= 1
+    assert best["recogniser_weight"] == rows[best["epoch"] - 1]["recogniser_weight"]
+    assert best["recogniser_weight"] in {float(w) for w in vp.RECOGNISER_WEIGHTS}
     # The threshold is set by the validation twins (too few here to measure 1e-2: none is accepted).
     assert best["threshold_rule"].startswith("twin FAR <= 0.01 on ") and "too few" in best["threshold_rule"]
     assert best["validation"]["twin_far_at_threshold"] == 0.0
@@ -197,6 +201,20 @@ def test_runs_from_before_the_decision_embedding_resume_comparing_the_projection
     train.check_resumable(saved, replace(config, decision_embedding="combined"), tmp_path / "latest.pth")
     with pytest.raises(ConfigError, match="decision_embedding: 'combined' → 'both'"):
         train.check_resumable(saved, replace(config, decision_embedding="both"), tmp_path / "latest.pth")
+
+
+def test_the_recogniser_weight_is_auto_or_a_number_and_old_runs_resume_without_it(finished_run, tmp_path):
+    assert parse_config([]).recogniser_weight == "auto"
+    assert parse_config(["--recogniser-weight", "0.3"]).recogniser_weight == "0.3"
+    for bad in ("1.5", "-0.1", "nan", "half"):
+        with pytest.raises(ConfigError, match="recogniser_weight.*choose auto or a number within 0..1"):
+            parse_config(["--recogniser-weight", bad])
+    config, _, _ = finished_run
+    config = config.with_absolute_data_paths()
+    saved = {k: v for k, v in config.to_dict().items() if k != "recogniser_weight"}
+    train.check_resumable(saved, replace(config, recogniser_weight="0"), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match="recogniser_weight: '0' → 'auto'"):
+        train.check_resumable(saved, replace(config, recogniser_weight="auto"), tmp_path / "latest.pth")
 
 
 def test_parts_loss_is_the_mining_loss_on_the_part_embeddings_alone():

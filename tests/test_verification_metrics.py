@@ -368,3 +368,49 @@ def test_the_gate_leaves_the_twin_eer_and_takes_general_impostors_to_the_recogni
     assert gate == recogniser[kind == vp.GENERAL].max()
     assert after["twin"]["eer"] == before["twin"]["eer"]  # no genuine pair is turned away
     assert before["general"]["eer"] > 0.1 and after["general"]["eer"] <= 0.01
+
+
+def _twin_eer_reference(scores, kind):
+    """Plain-loop EER of genuine against twin pairs: the error where the two rates cross, over every
+    threshold at a score (no interpolation, so a coarse but independent check)."""
+    import verification_pairs as vp
+
+    genuine = [s for s, k in zip(scores, kind) if k == vp.GENUINE]
+    twins = [s for s, k in zip(scores, kind) if k == vp.TWIN]
+    best = None
+    for threshold in sorted(set(genuine) | set(twins)):
+        frr = sum(s < threshold for s in genuine) / len(genuine)
+        far = sum(s >= threshold for s in twins) / len(twins)
+        if best is None or abs(far - frr) < best[0]:
+            best = (abs(far - frr), (far + frr) / 2)
+    return best[1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_recogniser_weight_is_the_smallest_within_the_tolerance_of_the_best(seed):
+    """Where the recogniser tells some twins apart and the twin model none, the decision leans on the
+    recogniser; where the twin model is the better judge, the weight stays 0."""
+    import verification_pairs as vp
+
+    rng = np.random.default_rng(seed)
+    kind = np.repeat([vp.GENUINE, vp.TWIN, vp.GENERAL], [300, 300, 100])
+    knows = np.r_[rng.normal(0.8, 0.05, 300), rng.normal(0.7, 0.05, 300), rng.uniform(-0.3, 0.2, 100)]
+    guesses = np.r_[rng.normal(0.6, 0.2, 600), rng.uniform(-0.3, 0.3, 100)]
+    gate = vp.recogniser_gate(knows, kind, 0.01)
+    weight, eers = vp.choose_recogniser_weight(guesses, knows, kind, gate)
+    assert sorted(eers) == list(vp.RECOGNISER_WEIGHTS) and weight > 0.5
+    assert eers[weight] <= min(eers.values()) + vp.RECOGNISER_WEIGHT_TOLERANCE
+    assert all(eers[w] > min(eers.values()) + vp.RECOGNISER_WEIGHT_TOLERANCE for w in eers if w < weight)
+    assert eers[weight] < eers[0.0] - 0.2
+    for w in (0.0, weight, 1.0):  # each weight's EER is that of its fused, gated scores
+        fused = [(1 - w) * t + w * r - (vp.GATED_OFFSET if r < gate else 0) for t, r in zip(guesses, knows)]
+        assert eers[w] == pytest.approx(_twin_eer_reference(fused, kind), abs=0.01)
+    scores, chosen = vp.decision_scores(guesses, knows, kind, gate, None)
+    assert chosen == weight
+    np.testing.assert_allclose(scores, vp.gated_scores((1 - weight) * guesses + weight * knows, knows, gate))
+    # the roles swapped: the twin model knows, the recogniser guesses
+    assert vp.choose_recogniser_weight(knows, guesses, kind, None)[0] == 0.0
+    # a weight given is used as it is; without genuine or twin pairs there is nothing to choose by
+    np.testing.assert_allclose(vp.decision_scores(guesses, knows, kind, None, 0.25)[0], 0.75 * guesses + 0.25 * knows)
+    assert vp.choose_recogniser_weight(guesses, knows, np.full(700, vp.GENUINE), gate) == (0.0, {})
+    assert vp.choose_recogniser_weight(guesses, knows, np.where(kind == vp.TWIN, vp.GENERAL, kind), gate) == (0.0, {})
