@@ -73,7 +73,9 @@ ABOUT = ("Simulated twins: each pair comes from one real person and differs only
          "anchor/weights: a face-mesh triangle and barycentric position (point marks); side: image side of a "
          "brow, eyelid or iris; size: in face heights (landmark 10 to 152), for brow gaps a share of the brow, "
          "for iris sectors degrees; regions: region squares containing the mark's centre; group: five, added "
-         "or outside (the regions of cutout.py).")
+         "or outside (the regions of cutout.py). settings.twin_photos split: a person's photos are shared out "
+         "between the twins (one photo: both use it), so the twins also differ by photo, as real twins do.")
+TWIN_PHOTOS = ("shared", "split")
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,10 @@ class SimulatorSettings:
     part squares: `OWN_TRAITS`, `TRAIT_KINDS`), reproduced image for image; `marks="anywhere"`
     draws `own_marks` marks per twin from `kinds` (`skin_marks.MARK_KINDS`) on clear skin
     anywhere on the face (`placement="parts"`: only inside the five part squares;
-    `"outside_parts"`: only outside them).
+    `"outside_parts"`: only outside them). `twin_photos="shared"`: both twins are made from every
+    photo of the person; `"split"`: the photos are shared out between the twins (alternately, in
+    the seeded order), so twin pairs are pairs of different photos wherever the person has more
+    than one, as with real twins; a person with one photo lends it to both.
     """
 
     marks: str = "anywhere"
@@ -110,6 +115,7 @@ class SimulatorSettings:
     placement: str = "anywhere"
     kinds: tuple[str, ...] = MARK_KINDS
     shared_mark_probability: float = 0.5
+    twin_photos: str = "shared"
     capture: CaptureVariation = CaptureVariation(
         rotation_deg=12.0, zoom=0.12, shift=0.05, tilt=0.04, gamma=(0.8, 1.25), contrast=0.2, brightness=0.08,
         colour=0.06, blur_probability=0.4, blur_sigma_px=(0.5, 1.6), noise_levels=(1.0, 6.0), jpeg_quality=(55, 96))
@@ -117,6 +123,8 @@ class SimulatorSettings:
     def __post_init__(self) -> None:
         if self.marks not in ("anywhere", "legacy"):
             raise ValueError(f"marks={self.marks!r}: choose anywhere or legacy")
+        if self.twin_photos not in TWIN_PHOTOS:
+            raise ValueError(f"twin_photos={self.twin_photos!r}: choose one of {', '.join(TWIN_PHOTOS)}")
         if self.placement not in PLACEMENTS:
             raise ValueError(f"placement={self.placement!r}: choose one of {', '.join(PLACEMENTS)}")
         if not 1 <= self.own_marks[0] <= self.own_marks[1]:
@@ -284,12 +292,12 @@ def _detect_faces(detector: FaceLandmarkDetector, person: str, paths: list[str],
 
 def _write_identity(folder: Path, identity: str, photos: list, order: np.ndarray, traits: list[Trait | Mark],
                     rngs: list[np.random.Generator], variation: CaptureVariation) -> tuple[list[str], list[str], list]:
-    """Write one identity's images (one per generator); returns their paths, source photo names
-    and the landmarks of each distinct source photo."""
+    """Write one identity's images (one per generator, cycling through the photos `order` lists);
+    returns their paths, source photo names and the landmarks of each distinct source photo."""
     marked, paths, sources = {}, [], []  # marked: photo index → that photo with the traits painted on
     (folder / "images" / identity).mkdir(parents=True)
     for k, rng in enumerate(rngs):
-        index = int(order[k % len(photos)])
+        index = int(order[k % len(order)])
         name, rgb, landmarks = photos[index]
         if index not in marked:
             legacy = all(isinstance(t, Trait) for t in traits)
@@ -337,7 +345,8 @@ def build_twin_dataset(photo_root: Path, output_dir: Path, images_per_identity: 
             pairs.append([f"{person}_{suffix}" for suffix in TWIN_SUFFIXES])
             for index, (identity, own) in enumerate(zip(pairs[-1], traits)):
                 rngs = [rng_for(seed, person, _STREAM_IMAGE, index, k) for k in range(images_per_identity)]
-                dataset[identity], sources, painted = _write_identity(folder, identity, photos, order, own, rngs,
+                own_photos = order[index::2] if settings.twin_photos == "split" and len(order) > 1 else order
+                dataset[identity], sources, painted = _write_identity(folder, identity, photos, own_photos, own, rngs,
                                                                       settings.capture)
                 records[identity] = {"person": person, "twin": pairs[-1][1 - index], "sources": sources,
                                      "traits": [{**asdict(t), "shared": t in traits[1 - index],
@@ -372,6 +381,8 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
         changes["kinds"] = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     if args.shared_mark_probability is not None:
         changes["shared_mark_probability"] = args.shared_mark_probability
+    if args.twin_photos is not None:
+        changes["twin_photos"] = args.twin_photos
     if changes and args.preset == "legacy":
         raise ValueError(f"the legacy preset is the original simulator and takes no changes ({', '.join(changes)})")
     return replace(PRESETS[args.preset], **changes)
@@ -402,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kinds", help="comma-separated mark kinds from: " + ", ".join(MARK_KINDS))
     parser.add_argument("--shared-mark-probability", type=float,
                         help="chance that a pair also shares one mark (default preset: 0.5)")
+    parser.add_argument("--twin-photos", choices=TWIN_PHOTOS,
+                        help="shared: both twins from every photo of the person (default); split: the photos "
+                             "shared out between the twins, so twin pairs are pairs of different photos wherever "
+                             "a person has several (a person with one photo lends it to both)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return parser
 

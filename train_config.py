@@ -174,10 +174,11 @@ class TrainConfig:
                                   "look-alikes (twins). Validation, best.pth, evaluate.py and inference.py all "
                                   "use it; 0 = no gate", default=0.01)
     recogniser_weight: str = _key("how much the frozen global recogniser's own similarity counts in the decision "
-                                  "score: (1 − w) · twin model + w · recogniser. auto = chosen on each validation "
-                                  "(the smallest w whose twin EER is within 2 points of the best of 0, 0.05, …, 1; "
-                                  "0 where the twin model is the better judge), or a number 0..1. Validation, "
-                                  "best.pth, evaluate.py and inference.py all use it", default="auto")
+                                  "score: (1 − w) · twin model + w · recogniser. auto = chosen on each validation: "
+                                  "1 unless the twin model alone beats the recogniser alone by more than 2 points "
+                                  "of twin EER, then the smallest of 0, 0.05, …, 1 within 2 points of the best; "
+                                  "or a number 0..1. Validation, best.pth, evaluate.py and inference.py all use "
+                                  "it", default="auto")
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
                                            "there are more)", default=200_000)
     # --- run control (may change between resumes) ---

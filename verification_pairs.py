@@ -115,9 +115,8 @@ def gated_scores(scores: np.ndarray, global_scores: np.ndarray, gate: float | No
     return np.where(np.asarray(global_scores) >= gate, scores, np.asarray(scores) - GATED_OFFSET)
 
 
-# The recogniser weights a validation chooses among, and how much worse (in twin EER) than the
-# best of them a smaller weight may be and still be chosen: the twin model is what the system is
-# for, so the recogniser enters only where the validation twins show clearly that it helps.
+# The recogniser weights a validation chooses among, and the margin (in twin EER) by which the
+# twin model must beat the recogniser alone there before the decision leans on it at all.
 RECOGNISER_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 RECOGNISER_WEIGHT_TOLERANCE = 0.02
 
@@ -129,12 +128,16 @@ def fused_scores(scores: np.ndarray, global_scores: np.ndarray, weight: float) -
 
 def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndarray,
                              gate: float | None) -> tuple[float, dict[float, float]]:
-    """The smallest weight of `RECOGNISER_WEIGHTS` whose fused, gated twin EER on these (validation)
-    pairs is within `RECOGNISER_WEIGHT_TOLERANCE` of the lowest; and the twin EER of each weight.
+    """The recogniser's weight in the decision score, chosen on these (validation) pairs; and the
+    fused, gated twin EER of each weight of `RECOGNISER_WEIGHTS`.
 
-    A twin model that has learnt nothing that carries to new families would otherwise score worse
-    than the recogniser it is built on, wherever the recogniser tells some twins apart; where the
-    twin model is the better judge, the weight stays 0. 0 (and no EERs) without genuine or twin pairs.
+    1 (the recogniser alone) unless the twin model alone beats it by more than
+    `RECOGNISER_WEIGHT_TOLERANCE`; then the smallest weight whose twin EER is within that
+    margin of the lowest. Why the margin: training keeps the epoch that did best on these very
+    pairs, so the twin model's EER here is an optimistic estimate, the frozen recogniser's is
+    not. A twin model that learnt its training twins but nothing that carries to new families
+    would otherwise score below the recogniser it is built on, wherever the recogniser tells
+    some twins apart. 0 (and no EERs) without genuine or twin pairs.
     """
     kind = np.asarray(kind)
     selected = (kind == GENUINE) | (kind == TWIN)
@@ -145,6 +148,8 @@ def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind
     for weight in RECOGNISER_WEIGHTS:
         fused = gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate)
         eers[float(weight)] = vm.equal_error_rate(fused[selected], labels)[0]
+    if eers[1.0] <= eers[0.0] + RECOGNISER_WEIGHT_TOLERANCE:
+        return 1.0, eers
     lowest = min(eers.values())
     return next(w for w, eer in eers.items() if eer <= lowest + RECOGNISER_WEIGHT_TOLERANCE), eers
 

@@ -162,9 +162,10 @@ def test_cli_settings_and_legacy_refuses_changes(copy_photos, landmarker_model, 
     output = tmp_path / "out"
     assert twins.main(["--photo-root", str(photos), "--output-dir", str(output), "--images-per-identity", "1",
                        "--own-marks", "2", "--kinds", "pit,scar", "--placement", "outside_parts",
-                       "--landmarker-model", str(landmarker_model), "--no-progress"]) == 0
+                       "--twin-photos", "split", "--landmarker-model", str(landmarker_model), "--no-progress"]) == 0
     data = json.loads((output / twins.TRAITS).read_text())
     assert data["settings"]["own_marks"] == [2, 2] and data["settings"]["placement"] == "outside_parts"
+    assert data["settings"]["twin_photos"] == "split"
     for record in data["identities"].values():
         own = [m for m in record["traits"] if not m["shared"]]
         assert len(own) == 2 and {m["kind"] for m in record["traits"]} <= {"pit", "scar"}
@@ -173,3 +174,32 @@ def test_cli_settings_and_legacy_refuses_changes(copy_photos, landmarker_model, 
         twins.main(["--photo-root", str(photos), "--output-dir", str(output), "--preset", "legacy",
                     "--own-marks", "1-2"])
     assert "legacy preset" in capsys.readouterr().err
+
+
+def test_split_photos_give_each_twin_its_own_photos_and_shared_ones_are_unchanged(copy_photos, landmarker_model,
+                                                                                  tmp_path):
+    """With several photos a person's twins are made from different ones (twin pairs are pairs of
+    different photos, as with real twins); one photo is lent to both. `shared` stays as it was."""
+    photos = copy_photos({"obama": ["obama.jpg", "obama2.jpg", "obama3.jpg"], "grace_hopper": ["grace_hopper.jpg"]})
+    build = lambda output, **changes: twins.build_twin_dataset(
+        photos, tmp_path / output, images_per_identity=4, landmarker_model=landmarker_model, progress=False,
+        settings=replace(twins.PRESETS["default"], **changes))
+    split, shared = build("split", twin_photos="split"), build("shared")
+    records = json.loads(split.traits.read_text())
+    assert records["settings"]["twin_photos"] == "split"
+    sources = {identity: record["sources"] for identity, record in records["identities"].items()}
+    assert len(sources["obama_a"]) == len(sources["obama_b"]) == 4
+    assert set(sources["obama_a"]).isdisjoint(sources["obama_b"])
+    assert set(sources["obama_a"]) | set(sources["obama_b"]) == {f"obama/{n}" for n in ("obama.jpg", "obama2.jpg",
+                                                                                           "obama3.jpg")}
+    assert sources["grace_hopper_a"] == sources["grace_hopper_b"] == ["grace_hopper/grace_hopper.jpg"] * 4
+    shared_sources = {i: r["sources"] for i, r in json.loads(shared.traits.read_text())["identities"].items()}
+    assert shared_sources["obama_a"] == shared_sources["obama_b"] and len(set(shared_sources["obama_a"])) == 3
+    # the same marks either way; the one-photo person's images are the same files
+    assert records["identities"]["obama_a"]["traits"][0]["kind"] == json.loads(
+        shared.traits.read_text())["identities"]["obama_a"]["traits"][0]["kind"]
+    for k in range(4):
+        name = f"images/grace_hopper_b/grace_hopper_b_{k:02d}.jpg"
+        assert (split.output_dir / name).read_bytes() == (shared.output_dir / name).read_bytes()
+    with pytest.raises(ValueError, match="twin_photos='halves': choose one of shared, split"):
+        replace(twins.PRESETS["default"], twin_photos="halves")
