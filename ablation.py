@@ -1,7 +1,7 @@
 """Which training recipe tells the demo's simulated twins apart: every recipe, 3 seeds, one table.
 
     python ablation.py [--output-dir demo_output/ablation] [--seeds 0 1 2] [--train-images 9000]
-                       [--simulator default|legacy] [--global-model auto|none|FILE]
+                       [--simulator default|legacy|split] [--global-model auto|none|FILE]
     make ablation
 
 Each recipe trains on the demo's data (real photos → simulated twins → 64 px parts, see

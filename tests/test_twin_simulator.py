@@ -203,3 +203,6 @@ def test_split_photos_give_each_twin_its_own_photos_and_shared_ones_are_unchange
         assert (split.output_dir / name).read_bytes() == (shared.output_dir / name).read_bytes()
     with pytest.raises(ValueError, match="twin_photos='halves': choose one of shared, split"):
         replace(twins.PRESETS["default"], twin_photos="halves")
+    assert twins.PRESETS["split"] == replace(twins.PRESETS["default"], twin_photos="split")  # the demo's --simulator
+    assert twins.settings_from_args(twins.build_parser().parse_args(
+        ["--photo-root", str(photos), "--preset", "split"])).twin_photos == "split"
