@@ -388,8 +388,10 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
         changes["shared_mark_probability"] = args.shared_mark_probability
     if args.twin_photos is not None:
         changes["twin_photos"] = args.twin_photos
-    if changes and args.preset == "legacy":
-        raise ValueError(f"the legacy preset is the original simulator and takes no changes ({', '.join(changes)})")
+    marks = [key for key in changes if key != "twin_photos"]  # which photos a twin gets is not about its marks
+    if marks and args.preset == "legacy":
+        raise ValueError(f"the legacy preset is the original simulator and takes no changes to its marks "
+                         f"({', '.join(marks)})")
     return replace(PRESETS[args.preset], **changes)
 
 

@@ -204,5 +204,8 @@ def test_split_photos_give_each_twin_its_own_photos_and_shared_ones_are_unchange
     with pytest.raises(ValueError, match="twin_photos='halves': choose one of shared, split"):
         replace(twins.PRESETS["default"], twin_photos="halves")
     assert twins.PRESETS["split"] == replace(twins.PRESETS["default"], twin_photos="split")  # the demo's --simulator
-    assert twins.settings_from_args(twins.build_parser().parse_args(
-        ["--photo-root", str(photos), "--preset", "split"])).twin_photos == "split"
+    parse = lambda *flags: twins.settings_from_args(twins.build_parser().parse_args(["--photo-root", str(photos),
+                                                                                     *flags]))
+    assert parse("--preset", "split").twin_photos == "split"
+    assert parse("--preset", "legacy", "--twin-photos", "split") == replace(twins.PRESETS["legacy"],
+                                                                            twin_photos="split")
