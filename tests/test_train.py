@@ -194,27 +194,25 @@ def test_runs_from_before_highpass_input_and_parts_loss_resume_as_they_ran(finis
                               tmp_path / "latest.pth")
 
 
-def test_runs_from_before_the_decision_embedding_resume_comparing_the_projection(finished_run, tmp_path):
+@pytest.mark.parametrize("key, before, today", [("decision_embedding", "combined", "both"),
+                                                 ("recogniser_weight", "0", "auto")])
+def test_runs_saved_before_a_key_resume_as_they_ran(finished_run, tmp_path, key, before, today):
+    """A saved config without `key` was made with what is now its value `before` (the projection
+    compared; the twin model alone): it resumes with that and is refused with today's default."""
     config, _, _ = finished_run
     config = config.with_absolute_data_paths()
-    saved = {k: v for k, v in config.to_dict().items() if k != "decision_embedding"}
-    train.check_resumable(saved, replace(config, decision_embedding="combined"), tmp_path / "latest.pth")
-    with pytest.raises(ConfigError, match="decision_embedding: 'combined' → 'both'"):
-        train.check_resumable(saved, replace(config, decision_embedding="both"), tmp_path / "latest.pth")
+    saved = {k: v for k, v in config.to_dict().items() if k != key}
+    train.check_resumable(saved, replace(config, **{key: before}), tmp_path / "latest.pth")
+    with pytest.raises(ConfigError, match=f"{key}: '{before}' → '{today}'"):
+        train.check_resumable(saved, replace(config, **{key: today}), tmp_path / "latest.pth")
 
 
-def test_the_recogniser_weight_is_auto_or_a_number_and_old_runs_resume_without_it(finished_run, tmp_path):
+def test_the_recogniser_weight_is_auto_or_a_number():
     assert parse_config([]).recogniser_weight == "auto"
     assert parse_config(["--recogniser-weight", "0.3"]).recogniser_weight == "0.3"
     for bad in ("1.5", "-0.1", "nan", "half"):
         with pytest.raises(ConfigError, match="recogniser_weight.*choose auto or a number within 0..1"):
             parse_config(["--recogniser-weight", bad])
-    config, _, _ = finished_run
-    config = config.with_absolute_data_paths()
-    saved = {k: v for k, v in config.to_dict().items() if k != "recogniser_weight"}
-    train.check_resumable(saved, replace(config, recogniser_weight="0"), tmp_path / "latest.pth")
-    with pytest.raises(ConfigError, match="recogniser_weight: '0' → 'auto'"):
-        train.check_resumable(saved, replace(config, recogniser_weight="auto"), tmp_path / "latest.pth")
 
 
 def test_parts_loss_is_the_mining_loss_on_the_part_embeddings_alone():
