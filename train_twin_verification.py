@@ -374,13 +374,13 @@ class Validator:
         scores, result["recogniser_weight"] = vp.decision_scores(
             twin_model_scores, recogniser_scores, self.pairs.kind, result["recogniser_gate"],
             fixed_weight(config.recogniser_weight))
+        report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         # The twin model by itself (behind the gate), whatever the recogniser's weight: what training
-        # improves, so early stopping and the time to accuracy follow it too.
-        own = vp.metrics_by_impostor_kind(vp.gated_scores(twin_model_scores, recogniser_scores, result["recogniser_gate"]),
-                                          self.pairs.kind)
+        # improves, so early stopping and the time to accuracy follow it too. At weight 0 it is the decision.
+        own = report if result["recogniser_weight"] == 0 else vp.metrics_by_impostor_kind(
+            vp.gated_scores(twin_model_scores, recogniser_scores, result["recogniser_gate"]), self.pairs.kind)
         for kind in ("twin", "general"):
             result[f"twin_model_{kind}_eer"] = own[kind]["eer"] if own[kind] else None
-        report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         for kind in ("twin", "general", "all"):
             result[f"{kind}_eer"] = report[kind]["eer"] if report[kind] else None
             result[f"{kind}_tar_at_far"] = report[kind]["tar_at_far"] if report[kind] else None

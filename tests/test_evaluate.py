@@ -174,6 +174,8 @@ def test_a_given_recogniser_weight_mixes_the_recognisers_similarity_into_every_s
     trained = run / "checkpoints" / "best.pth"
     saved = torch.load(trained, weights_only=True)
     assert saved["recogniser_weight"] == 1.0
+    row = json.loads((run / "logs" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= row["twin_model_twin_eer"] <= 1 and 0 <= row["twin_model_general_eer"] <= 1  # the twin model by itself
     report = evaluate.evaluate(trained, tmp_path / "evaluation", bootstrap=0, workers=0, progress=False)
     assert report["recogniser_weight"] == 1.0
     assert report["models"]["combined"]["label"].endswith("; recogniser weight 1.00)")
