@@ -1,6 +1,7 @@
 """Print extraction throughput next to landmarker-only throughput on the same photos.
 
     python benchmark_extraction.py --image-folder ../shared/faces --repeat 4
+    python benchmark_extraction.py --workers 2 --rounds 3 --scratch-dir /data/tmp   # median of 3
 
 "Landmarker only" is the least any extraction must do per photo: read and decode the
 file, then run the Face Landmarker once. "Whole extraction" is `extract_dataset` end to
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import multiprocessing
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -99,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(as different people) so timings cover enough work")
     parser.add_argument("--landmarker-model", default="pretrained/face_landmarker.task")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time both this many times, alternating, and print the median ratio: on a shared "
+                             "machine the speed drifts between two timings taken one after the other")
     parser.add_argument("--scratch-dir", type=Path, default=Path("."),
                         help="where the timed extractions write (use the disk you will extract to)")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.scratch_dir.mkdir(parents=True, exist_ok=True)
 
     base = dataset_from_folders(args.image_folder)
@@ -113,10 +120,17 @@ def main(argv: list[str] | None = None) -> int:
           f"photo take {files_per_photo() * create_ms:.2f} ms of one core")
     print(f"landmarker on decoded images, 1 process: {detect_only(paths, args.landmarker_model):7.1f} img/s")
     for workers in args.workers:
-        only = landmarker_only(paths, workers, args.landmarker_model)
-        whole = whole_extraction(dataset, workers, args.landmarker_model, args.scratch_dir)
-        print(f"workers={workers}: decode+landmarker {only:7.1f} img/s | whole extraction {whole:7.1f} img/s "
-              f"| ratio {whole / only:6.1%}")
+        ratios = []
+        for round_number in range(1, args.rounds + 1):
+            only = landmarker_only(paths, workers, args.landmarker_model)
+            whole = whole_extraction(dataset, workers, args.landmarker_model, args.scratch_dir)
+            ratios.append(whole / only)
+            print(f"workers={workers}" + (f", round {round_number}" if args.rounds > 1 else "")
+                  + f": decode+landmarker {only:7.1f} img/s | whole extraction {whole:7.1f} img/s "
+                  f"| ratio {whole / only:6.1%}", flush=True)
+        if args.rounds > 1:
+            print(f"workers={workers}: median ratio {statistics.median(ratios):6.1%} over {args.rounds} rounds "
+                  f"(range {min(ratios):.1%}-{max(ratios):.1%})")
 
     return 0
 

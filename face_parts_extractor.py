@@ -309,10 +309,10 @@ def build_indexes(jobs: list[ImageJob], output_dir: Path, suffix: str,
     for job in jobs:
         if not job.output.is_dir():
             continue
-        parts = {part: relative_to(job.output / f"{part}{suffix}", output_dir) for part in regions}
+        folder = relative_to(job.output, output_dir)  # once per photo: relpath is slow next to a join
+        parts = {part: os.path.join(folder, f"{part}{suffix}") for part in regions}
         parts_index.setdefault(job.person_id, {})[job.output.name] = parts
-        tensor_index.setdefault(job.person_id, []).append(
-            relative_to(job.output / ADAFACE_INPUT_FILE, output_dir))
+        tensor_index.setdefault(job.person_id, []).append(os.path.join(folder, ADAFACE_INPUT_FILE))
     return parts_index, tensor_index
 
 

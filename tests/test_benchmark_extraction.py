@@ -29,3 +29,16 @@ def test_files_per_photo_is_what_extraction_writes(copy_photos, landmarker_model
                         landmarker_model=landmarker_model, progress=False, contact_sheet_images=0)
         folder, = (output / "biden").iterdir()
         assert len(list(folder.iterdir())) == benchmark_extraction.files_per_photo(len(regions))
+
+
+def test_rounds_alternate_the_two_timings_and_give_the_median_ratio(copy_photos, landmarker_model, tmp_path, capsys):
+    photos = copy_photos({"biden": ["biden.jpg"]})
+    assert benchmark_extraction.main(["--image-folder", str(photos), "--repeat", "1", "--workers", "1",
+                                      "--rounds", "3", "--landmarker-model", str(landmarker_model),
+                                      "--scratch-dir", str(tmp_path / "scratch")]) == 0
+    output = capsys.readouterr().out
+    ratios = [float(r) for r in re.findall(r"workers=1, round \d: .*\| ratio +([\d.]+)%", output)]
+    assert len(ratios) == 3
+    median = re.search(r"workers=1: median ratio +([\d.]+)% over 3 rounds \(range ([\d.]+)%-([\d.]+)%\)", output)
+    assert median is not None
+    assert [float(v) for v in median.groups()] == [sorted(ratios)[1], min(ratios), max(ratios)]
