@@ -78,3 +78,31 @@ def test_demo_global_model_choice(tmp_path, monkeypatch):
     assert demo_data.choose_global_model("auto", recogniser)[0] == str(adaface.resolve())
     assert demo_data.choose_global_model("none", recogniser) == ("none", demo_data.choose_global_model("none")[1])
     assert "UNTRAINED" in demo_data.choose_global_model("none")[1]
+
+
+def test_make_demo_runs_each_simulator_and_ends_with_one_table(monkeypatch, tmp_path, capsys):
+    """`make demo` runs the default and the legacy simulator in turn; the closing table has both."""
+    calls = []
+
+    def fake_run_demo(photos, output, epochs, images_per_identity, global_model, simulator, regions, seed):
+        calls.append(simulator)
+        twin = {"legacy": 0.257}.get(simulator, 0.497)
+        models = {"combined": {"label": "twin model", "bootstrap": {"twin": {"eer": {"low": 0.01, "high": 0.42}}}},
+                  "adaface": {"label": "w600k_mbf.onnx alone", "bootstrap": None}}
+        return {"twin_eer": {"combined": twin, "adaface": 0.438}, "general_eer": {"combined": 0.0, "adaface": None},
+                "minutes": 1.0, "report": {"models": models}}
+
+    monkeypatch.setattr(run_demo, "run_demo", fake_run_demo)
+    assert run_demo.main(["--output-dir", str(tmp_path)]) == 0
+    assert calls == list(run_demo.DEMO_SIMULATORS) == ["default", "legacy"]
+    printed = capsys.readouterr().out
+    assert "=== held-out EER by simulator" in printed
+    rows = [line for line in printed.splitlines() if line.startswith("| legacy")]
+    assert rows == ["| legacy (4-6 visible marks per twin inside the five parts) | twin model | 25.7% (1.0–42.0%) | 0.0% |",
+                    "| legacy (4-6 visible marks per twin inside the five parts) | w600k_mbf.onnx alone | 43.8% | n/a |"]
+    assert sum(line.startswith("| default") for line in printed.splitlines()) == 2
+
+    calls.clear()
+    assert run_demo.main(["--output-dir", str(tmp_path), "--simulator", "split", "split"]) == 0
+    assert calls == ["split"]  # once each; a single simulator ends with its own summary only
+    assert "by simulator" not in capsys.readouterr().out
