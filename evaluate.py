@@ -308,6 +308,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     global_all = global_embeddings_of(model, index, needed, config, context.device, run_cache)
     test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
     val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
+    families = family_of(index)
 
     # The recogniser's gate and its weight in the decision score (training's rules, on this
     # validation; else the checkpoint's): pairs the gate takes for different people score below
@@ -319,7 +320,8 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             gate = vp.recogniser_gate(val["scores"]["adaface"], val["pairs"].kind, config.recogniser_gate)
             val["scores"]["combined"], weight = vp.decision_scores(
                 val["scores"]["combined"], val["scores"]["adaface"], val["pairs"].kind, gate,
-                fixed_weight(config.recogniser_weight))
+                fixed_weight(config.recogniser_weight),
+                np.array([families[index.images[val["numbers"][i]].person] for i in val["pairs"].first]))
         else:
             gate, weight = checkpoint.get("recogniser_gate"), float(checkpoint.get("recogniser_weight") or 0.0)
         test["scores"]["combined"] = vp.decision_scores(test["scores"]["combined"], test["scores"]["adaface"],
@@ -333,7 +335,6 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     twin_label += f"; recogniser weight {weight:.2f})" if weight else ")"
     labels = {"combined": "twin model, parts only (global input zeroed)" if parts_only else twin_label,
               "adaface": f"global alone: {model.global_branch_label}"}
-    families = family_of(index)
     family_a = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].first])
     family_b = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].second])
     report: dict[str, Any] = {

@@ -176,7 +176,8 @@ class TrainConfig:
     recogniser_weight: str = _key("how much the frozen global recogniser's own similarity counts in the decision "
                                   "score: (1 − w) · twin model + w · recogniser. auto = chosen on each validation: "
                                   "1 unless the twin model alone beats the recogniser alone by more than 2 points "
-                                  "of twin EER, then the smallest of 0, 0.05, …, 1 within 2 points of the best; "
+                                  "of twin EER and is no worse than it in 95% of resamples of the validation "
+                                  "families, then the smallest of 0, 0.05, …, 1 within 2 points of the best; "
                                   "or a number 0..1. Validation, best.pth, evaluate.py and inference.py all use "
                                   "it", default="auto")
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "

@@ -347,6 +347,10 @@ class Validator:
                         for a, siblings in index.siblings_of.items()}
         self.pairs = vp.verification_pairs(index.person_of_image[self.numbers], twin_numbers,
                                            config.max_general_impostor_pairs, np.random.default_rng([config.seed, 5]))
+        family_number = {person: k for k, family in enumerate(index.families()) for person in family}
+        # each pair's family (by its first image; a genuine or twin pair lies within one)
+        self.families = np.array([family_number[index.persons[index.person_of_image[self.numbers[i]]]]
+                                  for i in self.pairs.first], dtype=np.int64)
         kinds = set(self.pairs.kind.tolist())
         if vp.GENUINE not in kinds or kinds == {vp.GENUINE}:
             raise DataIndexError(f"the validation split ({len(persons)} identities) has no genuine or no "
@@ -373,7 +377,7 @@ class Validator:
         twin_model_scores = vp.cosine_scores(embeddings, self.pairs)
         scores, result["recogniser_weight"] = vp.decision_scores(
             twin_model_scores, recogniser_scores, self.pairs.kind, result["recogniser_gate"],
-            fixed_weight(config.recogniser_weight))
+            fixed_weight(config.recogniser_weight), self.families)
         report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         # The twin model by itself (behind the gate), whatever the recogniser's weight: what training
         # improves, so early stopping and the time to accuracy follow it too. At weight 0 it is the decision.

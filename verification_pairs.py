@@ -116,9 +116,13 @@ def gated_scores(scores: np.ndarray, global_scores: np.ndarray, gate: float | No
 
 
 # The recogniser weights a validation chooses among, and the margin (in twin EER) by which the
-# twin model must beat the recogniser alone there before the decision leans on it at all.
+# twin model must beat the recogniser alone there before the decision leans on it at all; and
+# how sure the validation families must be of that (resamples of the families, and the share of
+# them in which the twin model must be no worse than the recogniser).
 RECOGNISER_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 21), 2))
 RECOGNISER_WEIGHT_TOLERANCE = 0.02
+RECOGNISER_WEIGHT_RESAMPLES = 200
+RECOGNISER_WEIGHT_CONFIDENCE = 0.95
 
 
 def fused_scores(scores: np.ndarray, global_scores: np.ndarray, weight: float) -> np.ndarray:
@@ -126,16 +130,42 @@ def fused_scores(scores: np.ndarray, global_scores: np.ndarray, weight: float) -
     return (1.0 - weight) * np.asarray(scores) + weight * np.asarray(global_scores)
 
 
+def twin_model_gain_low(twin_model: np.ndarray, recogniser: np.ndarray, labels: np.ndarray,
+                        families: np.ndarray, seed: int = 0) -> float | None:
+    """The lower end of what the twin model gains over the recogniser in twin EER
+    (recogniser's − twin model's) across resamples of the families: the value that
+    `RECOGNISER_WEIGHT_CONFIDENCE` of the resamples reach. None with too few families.
+
+    `twin_model`, `recogniser`: each pair's (gated) score by the two; `labels`: 1 genuine, 0
+    twin; `families`: each pair's family (a genuine or twin pair lies within one). A family's
+    pairs move together, as in the evaluation's intervals (`verification_metrics.bootstrap_ci`).
+    """
+    def gain(_, labels_, weights):  # the resample is in the weights; the scores are the two below
+        return (vm.equal_error_rate(recogniser, labels_, weights)[0]
+                - vm.equal_error_rate(twin_model, labels_, weights)[0])
+
+    try:
+        interval = vm.bootstrap_ci(gain, twin_model, labels, families, families,
+                                   n_resamples=RECOGNISER_WEIGHT_RESAMPLES,
+                                   confidence=2 * RECOGNISER_WEIGHT_CONFIDENCE - 1, seed=seed)
+    except ValueError:  # every resample without genuine or twin pairs
+        return None
+    return interval.low
+
+
 def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndarray,
-                             gate: float | None) -> tuple[float, dict[float, float]]:
+                             gate: float | None, families: np.ndarray | None = None) -> tuple[float, dict[float, float]]:
     """The recogniser's weight in the decision score, chosen on these (validation) pairs; and the
     fused, gated twin EER of each weight of `RECOGNISER_WEIGHTS`.
 
     1 (the recogniser alone) unless the twin model alone beats it by more than
-    `RECOGNISER_WEIGHT_TOLERANCE`; then the smallest weight whose twin EER is within that
-    margin of the lowest. Why the margin: training keeps the epoch that did best on these very
-    pairs, so the twin model's EER here is an optimistic estimate, the frozen recogniser's is
-    not. A twin model that learnt its training twins but nothing that carries to new families
+    `RECOGNISER_WEIGHT_TOLERANCE`, and, given each pair's family (`families`), does not do
+    worse than it in more than 1 − `RECOGNISER_WEIGHT_CONFIDENCE` of the resamples of the
+    families (`twin_model_gain_low`); then the smallest weight whose twin EER is within that
+    margin of the lowest. Why: training keeps the epoch that did best on these very pairs, so
+    the twin model's EER here is an optimistic estimate, the frozen recogniser's is not; and a
+    validation set holds few families, so a gain that one or two of them make can vanish on the
+    next. A twin model that learnt its training twins but nothing that carries to new families
     would otherwise score below the recogniser it is built on, wherever the recogniser tells
     some twins apart. 0 (and no EERs) without genuine or twin pairs.
     """
@@ -144,22 +174,27 @@ def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind
     if not (kind == GENUINE).any() or not (kind == TWIN).any():
         return 0.0, {}
     labels = (kind[selected] == GENUINE).astype(np.int64)
-    eers = {}
+    eers, fused = {}, {}
     for weight in RECOGNISER_WEIGHTS:
-        fused = gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate)
-        eers[float(weight)] = vm.equal_error_rate(fused[selected], labels)[0]
+        fused[float(weight)] = gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate)[selected]
+        eers[float(weight)] = vm.equal_error_rate(fused[float(weight)], labels)[0]
     if eers[1.0] <= eers[0.0] + RECOGNISER_WEIGHT_TOLERANCE:
         return 1.0, eers
+    if families is not None:
+        low = twin_model_gain_low(fused[0.0], fused[1.0], labels, np.asarray(families)[selected])
+        if low is not None and low < 0:
+            return 1.0, eers
     lowest = min(eers.values())
     return next(w for w, eer in eers.items() if eer <= lowest + RECOGNISER_WEIGHT_TOLERANCE), eers
 
 
 def decision_scores(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndarray, gate: float | None,
-                    weight: float | None) -> tuple[np.ndarray, float]:
+                    weight: float | None, families: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """A twin model's decision scores: fused with the recogniser's at `weight` (None: the weight
-    these pairs choose, `choose_recogniser_weight`), then behind the recogniser's gate; and the weight."""
+    these pairs choose, `choose_recogniser_weight`, with each pair's family where given), then
+    behind the recogniser's gate; and the weight."""
     if weight is None:
-        weight = choose_recogniser_weight(scores, global_scores, kind, gate)[0]
+        weight = choose_recogniser_weight(scores, global_scores, kind, gate, families)[0]
     return gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate), float(weight)
 
 

@@ -423,3 +423,39 @@ def test_the_recogniser_weight_trusts_the_twin_model_only_where_it_clearly_beats
     np.testing.assert_allclose(vp.decision_scores(guesses, knows, kind, None, 0.25)[0], 0.75 * guesses + 0.25 * knows)
     assert vp.choose_recogniser_weight(guesses, knows, np.full(700, vp.GENUINE), gate) == (0.0, {})
     assert vp.choose_recogniser_weight(guesses, knows, np.where(kind == vp.TWIN, vp.GENERAL, kind), gate) == (0.0, {})
+
+
+def test_the_recogniser_weight_needs_the_twin_models_gain_in_most_resamples_of_the_families():
+    """A gain that one validation family makes, against the others, does not hand the decision to
+    the twin model; a gain that every family shows does. The resampled gain's lower end is that
+    of a plain loop over family resamples, each family's pairs repeated as often as it is drawn."""
+    import verification_pairs as vp
+
+    rng = np.random.default_rng(0)
+    families = np.repeat(np.arange(4), 150)
+    kind = np.tile(np.repeat([vp.GENUINE, vp.TWIN], 75), 4)
+    genuine = (kind == vp.GENUINE).astype(float)
+    recogniser = 0.6 + 0.08 * genuine + rng.normal(0, 0.1, 600)
+    everywhere = 0.6 + 0.3 * genuine + rng.normal(0, 0.1, 600)  # tells every family's twins apart
+    # tells three families apart perfectly, and the fourth backwards
+    one_against = np.where(families == 3, 0.6 - 0.3 * genuine, 0.6 + 0.3 * genuine) + rng.normal(0, 0.1, 600)
+    eer = lambda s, weights=None: vm.equal_error_rate(s, genuine, weights)[0]
+    assert eer(recogniser) > eer(one_against) + vp.RECOGNISER_WEIGHT_TOLERANCE  # better, pooled
+
+    assert vp.choose_recogniser_weight(one_against, recogniser, kind, None)[0] < 1.0  # without families: pooled rule
+    assert vp.choose_recogniser_weight(one_against, recogniser, kind, None, families)[0] == 1.0
+    assert vp.choose_recogniser_weight(everywhere, recogniser, kind, None, families)[0] < 1.0
+    assert vp.decision_scores(one_against, recogniser, kind, None, None, families)[1] == 1.0
+
+    low = vp.twin_model_gain_low(one_against, recogniser, genuine.astype(int), families)
+    draws = np.random.default_rng(0)
+    gains = []
+    for _ in range(vp.RECOGNISER_WEIGHT_RESAMPLES):
+        counts = np.bincount(draws.integers(0, 4, 4), minlength=4)
+        rows = np.concatenate([np.tile(np.flatnonzero(families == f), counts[f]) for f in range(4)])
+        gains.append(vm.equal_error_rate(recogniser[rows], genuine[rows])[0]
+                     - vm.equal_error_rate(one_against[rows], genuine[rows])[0])
+    assert low == pytest.approx(np.quantile(gains, 1 - vp.RECOGNISER_WEIGHT_CONFIDENCE)) and low < 0
+    assert vp.twin_model_gain_low(everywhere, recogniser, genuine.astype(int), families) > 0
+    assert vp.twin_model_gain_low(everywhere, recogniser, genuine.astype(int), np.zeros(600)) == pytest.approx(
+        eer(recogniser) - eer(everywhere))  # one family: every resample is the whole set
