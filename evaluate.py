@@ -58,11 +58,6 @@ class NonFiniteScoresError(ExpectedError, ValueError):
     """Embeddings with NaN or infinity: no metric computed from them would mean anything."""
 
 
-def family_of(index: FaceDataIndex) -> dict[str, str]:
-    """Each person's family id (a twin pair shares one), for resampling families together."""
-    return {person: "+".join(family) for family in index.families() for person in family}
-
-
 def global_embeddings_of(model: TwinVerificationModel, index: FaceDataIndex, numbers: np.ndarray,
                          config: TrainConfig, device: torch.device, cache: Path | None = None) -> torch.Tensor:
     """`len(index.images)×G` global-branch features, filled for `numbers` (one forward per image),
@@ -308,7 +303,6 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     global_all = global_embeddings_of(model, index, needed, config, context.device, run_cache)
     test = split_embeddings(model, index, split["test"], global_all, config, context, parts_only)
     val = split_embeddings(model, index, split["val"], global_all, config, context, parts_only) if split["val"] else None
-    families = family_of(index)
 
     # The recogniser's gate and its weight in the decision score (training's rules, on this
     # validation; else the checkpoint's): pairs the gate takes for different people score below
@@ -320,8 +314,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
             gate = vp.recogniser_gate(val["scores"]["adaface"], val["pairs"].kind, config.recogniser_gate)
             val["scores"]["combined"], weight = vp.decision_scores(
                 val["scores"]["combined"], val["scores"]["adaface"], val["pairs"].kind, gate,
-                fixed_weight(config.recogniser_weight),
-                np.array([families[index.images[val["numbers"][i]].person] for i in val["pairs"].first]))
+                fixed_weight(config.recogniser_weight), index.family_ids_of_images(val["numbers"][val["pairs"].first]))
         else:
             gate, weight = checkpoint.get("recogniser_gate"), float(checkpoint.get("recogniser_weight") or 0.0)
         test["scores"]["combined"] = vp.decision_scores(test["scores"]["combined"], test["scores"]["adaface"],
@@ -335,8 +328,8 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     twin_label += f"; recogniser weight {weight:.2f})" if weight else ")"
     labels = {"combined": "twin model, parts only (global input zeroed)" if parts_only else twin_label,
               "adaface": f"global alone: {model.global_branch_label}"}
-    family_a = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].first])
-    family_b = np.array([families[index.images[test["numbers"][i]].person] for i in test["pairs"].second])
+    family_a = index.family_ids_of_images(test["numbers"][test["pairs"].first])  # resampled together
+    family_b = index.family_ids_of_images(test["numbers"][test["pairs"].second])
     report: dict[str, Any] = {
         "checkpoint": str(checkpoint_path), "global_branch": model.global_branch_label,
         "test_identities": len(split["test"]), "test_images": len(test["numbers"]),

@@ -347,10 +347,8 @@ class Validator:
                         for a, siblings in index.siblings_of.items()}
         self.pairs = vp.verification_pairs(index.person_of_image[self.numbers], twin_numbers,
                                            config.max_general_impostor_pairs, np.random.default_rng([config.seed, 5]))
-        family_number = {person: k for k, family in enumerate(index.families()) for person in family}
         # each pair's family (by its first image; a genuine or twin pair lies within one)
-        self.families = np.array([family_number[index.persons[index.person_of_image[self.numbers[i]]]]
-                                  for i in self.pairs.first], dtype=np.int64)
+        self.families = index.family_ids_of_images(self.numbers[self.pairs.first])
         kinds = set(self.pairs.kind.tolist())
         if vp.GENUINE not in kinds or kinds == {vp.GENUINE}:
             raise DataIndexError(f"the validation split ({len(persons)} identities) has no genuine or no "

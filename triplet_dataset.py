@@ -185,6 +185,11 @@ class FaceDataIndex:
                 result.append(family)
         return result
 
+    def family_ids_of_images(self, numbers: np.ndarray) -> np.ndarray:
+        """Each image's family id: its family's members joined by "+" (twins share one)."""
+        family_id = {person: "+".join(family) for family in self.families() for person in family}
+        return np.array([family_id[self.images[int(n)].person] for n in numbers])
+
 
 def split_families(families: list[tuple[str, ...]], train_split: float, test_split: float,
                    seed: int) -> dict[str, list[str]]:

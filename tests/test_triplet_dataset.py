@@ -27,6 +27,9 @@ def test_index_reads_images_people_and_twins(index):
         assert all(path.is_file() for path in record.part_paths) and record.tensor_path.is_file()
         assert record.tensor_path.parent == record.part_paths[0].parent
     assert sorted(index.families())[0] == ("f0a", "f0b") and ("solo",) in index.families()
+    ids = index.family_ids_of_images(np.arange(len(index.images)))
+    assert [ids[n] for n in index.images_of["f0a"] + index.images_of["f0b"]] == ["f0a+f0b"] * 8
+    assert set(ids[index.images_of["solo"]]) == {"solo"} and len(set(ids)) == len(index.families())
 
 
 def test_twin_pairs_file_is_validated(tmp_path):
