@@ -230,8 +230,12 @@ class TwinVerifier:
     def similarity(self, a: ImageSource, b: ImageSource) -> float:
         """The decision score of two photos (before the recogniser's gate): the cosine similarity of
         their embeddings, mixed with the recogniser's at the checkpoint's `recogniser_weight`."""
+        return self.decision_score(*self.pair_similarities(a, b))
+
+    def pair_similarities(self, a: ImageSource, b: ImageSource) -> tuple[float, float]:
+        """Cosine similarities of two photos: the twin model's embeddings', the recogniser's features'."""
         embeddings, features = self.embed_faces_and_global([self.prepare(a, "image 0"), self.prepare(b, "image 1")])
-        return self.decision_score(float(np.dot(*embeddings)), float(np.dot(*features)))
+        return float(np.dot(*embeddings)), float(np.dot(*features))
 
     def decision_score(self, twin_similarity: float, recogniser_similarity: float) -> float:
         return float(vp.fused_scores(twin_similarity, recogniser_similarity, self.recogniser_weight))
@@ -243,9 +247,7 @@ class TwinVerifier:
         if threshold is None:
             raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
                                    "had no impostor pairs); give one (threshold=…, --threshold)")
-        embeddings, features = self.embed_faces_and_global([self.prepare(a, "image 0"), self.prepare(b, "image 1")])
-        twin_similarity = float(np.dot(*embeddings))
-        recogniser = float(np.dot(*features))
+        twin_similarity, recogniser = self.pair_similarities(a, b)
         similarity = self.decision_score(twin_similarity, recogniser)
         if not math.isfinite(similarity):
             raise NonFiniteEmbeddingError(f"{self.source}: the similarity is {similarity}; no decision can be made")

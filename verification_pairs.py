@@ -174,14 +174,15 @@ def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind
     if not (kind == GENUINE).any() or not (kind == TWIN).any():
         return 0.0, {}
     labels = (kind[selected] == GENUINE).astype(np.int64)
-    eers, fused = {}, {}
+    eers = {}
     for weight in RECOGNISER_WEIGHTS:
-        fused[float(weight)] = gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate)[selected]
-        eers[float(weight)] = vm.equal_error_rate(fused[float(weight)], labels)[0]
+        fused = gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate)
+        eers[float(weight)] = vm.equal_error_rate(fused[selected], labels)[0]
     if eers[1.0] <= eers[0.0] + RECOGNISER_WEIGHT_TOLERANCE:
         return 1.0, eers
     if families is not None:
-        low = twin_model_gain_low(fused[0.0], fused[1.0], labels, np.asarray(families)[selected])
+        alone = lambda values: gated_scores(values, global_scores, gate)[selected]  # the twin model's, the recogniser's
+        low = twin_model_gain_low(alone(scores), alone(global_scores), labels, np.asarray(families)[selected])
         if low is not None and low < 0:
             return 1.0, eers
     lowest = min(eers.values())
