@@ -66,8 +66,9 @@ def detect_only(paths: list[str], model: str) -> float:
 
 def files_per_photo(regions: int = len(PART_NAMES)) -> int:
     """Files that extraction creates per photo: one crop per region, the aligned face, its
-    `adaface_input.pt` and the landmarks (`detection.json` only for photos with several faces)."""
-    return regions + 3
+    `adaface_input.pt`, the skin face and the landmarks (`detection.json` only for photos with
+    several faces)."""
+    return regions + 4
 
 
 def file_creation_ms(scratch: Path, count: int = 500) -> float:

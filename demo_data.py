@@ -7,6 +7,7 @@ data that `make demo` uses.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,9 @@ DEMO_CROP_PX = 64  # part crops for the CPU-sized encoder (training at 224 px is
 # Every photo of a person with many photos is used (the largest folder has 17), each in a
 # freshly simulated capture; people with few photos get that many varied captures of them.
 DEMO_IMAGES_PER_IDENTITY = 16
+# What the extraction writes per photo; a preparation recorded with another value is made again.
+# 2: with the skin face that the mark comparison reads.
+DEMO_EXTRACTION_FORMAT = 2
 # What CPU size forces on the demo and the ablation; everything else is the training default.
 # A small part encoder (from scratch: there are no ImageNet weights for it, hence a higher
 # learning rate than the default's, which suits fine-tuning ImageNet ResNets) with smaller
@@ -70,7 +74,8 @@ def prepare_demo_data(photos: Path | None, output: Path, images_per_identity: in
     `OUTPUT/demo_data*.json`, is written last). Other presets and regions get folders of their own."""
     photo_root, source = sample_photos(photos, SHARED_PHOTOS, output / "photos")
     settings = {"photos": str(Path(photo_root).resolve()), "images_per_identity": images_per_identity,
-                "crop_px": crop_px, "simulator": simulator, "regions": regions}
+                "crop_px": crop_px, "simulator": simulator, "regions": regions,
+                "extraction_format": DEMO_EXTRACTION_FORMAT}
     twin_data = output / ("twin_data" + demo_folder_suffix(simulator))
     extracted = output / ("extracted" + demo_folder_suffix(simulator, regions))
     record = output / f"demo_data{demo_folder_suffix(simulator, regions)}.json"
@@ -78,6 +83,9 @@ def prepare_demo_data(photos: Path | None, output: Path, images_per_identity: in
         saved = json.loads(record.read_text())
         if saved["settings"] == settings:
             return DemoData(source, twin_data, extracted, saved["photos"], saved["failures"])
+        # made otherwise (or by an older extraction, without the skin faces): extraction would keep
+        # its finished photo folders, so they go (only a finished preparation's; a killed one resumes)
+        shutil.rmtree(extracted, ignore_errors=True)
     twins = build_twin_dataset(photo_root, twin_data, images_per_identity=images_per_identity, seed=0,
                                progress=progress, settings=PRESETS[simulator])
     summary = extractor.extract_dataset(extractor.load_jpg_dataset(twins.jpg_dataset), twins.jpg_dataset.parent,

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 import distributed
+import mark_comparison as mc
 import model_runner as runner
 import face_parts_extractor as extractor
 import verification_metrics as vm
@@ -178,7 +179,8 @@ def pair_rows(split_name: str, index: FaceDataIndex, data: dict[str, Any], globa
     for k in range(len(pairs)):
         a, b = index.images[numbers[pairs.first[k]]], index.images[numbers[pairs.second[k]]]
         rows.append([split_name, f"{a.person}/{a.key}", f"{b.person}/{b.key}", a.person, b.person,
-                     vp.KIND_NAMES[int(pairs.kind[k])], f"{scores['combined'][k]:.6f}", f"{scores['adaface'][k]:.6f}", global_label])
+                     vp.KIND_NAMES[int(pairs.kind[k])], f"{scores['combined'][k]:.6f}", f"{scores['adaface'][k]:.6f}",
+                     global_label, f"{scores['marks'][k]:.6f}" if "marks" in scores else ""])
     return rows
 
 
@@ -224,10 +226,10 @@ def save_figure(figure, path: Path) -> None:
 
 def summary_table(report: dict[str, Any]) -> str:
     """A short plain-text table of the headline numbers; each model by its full label."""
-    width = max(len(report["models"][name]["label"]) for name in MODELS)
+    width = max(len(entry["label"]) for entry in report["models"].values())
     lines = [f"{'model':{width}s} {'impostors':9s} {'EER':>7s} {'EER 95% CI':>15s} {'AUC':>6s} "
              f"{'TAR@1e-2':>9s} {'accuracy':>8s} {'FAR':>7s}   (accuracy and FAR at the model's threshold)"]
-    for name in MODELS:
+    for name in report["models"]:
         for kind in KINDS:
             entry = report["models"][name]["test"][kind]
             if entry is None:
@@ -308,26 +310,46 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     # validation; else the checkpoint's): pairs the gate takes for different people score below
     # every pair it lets through. The parts-only scores show the parts by themselves, so they
     # are neither mixed nor gated.
-    gate, weight = None, 0.0
+    # The mark comparison (mark_comparison.py) where the checkpoint has it: its similarities join
+    # the decision at the mark weight (chosen like the recogniser's), and are scored alone too.
+    gate, weight, mark_weight = None, 0.0, 0.0
+    marks_stored = None if parts_only else checkpoint.get("mark_comparison")
+    mark_face = mc.CanonicalFace.from_state(marks_stored["face"]) if marks_stored else None
     if not parts_only:
         if val is not None:
             gate = vp.recogniser_gate(val["scores"]["adaface"], val["pairs"].kind, config.recogniser_gate)
-            val["scores"]["combined"], weight = vp.decision_scores(
-                val["scores"]["combined"], val["scores"]["adaface"], val["pairs"].kind, gate,
-                fixed_weight(config.recogniser_weight), index.family_ids_of_images(val["numbers"][val["pairs"].first]))
         else:
-            gate, weight = checkpoint.get("recogniser_gate"), float(checkpoint.get("recogniser_weight") or 0.0)
-        test["scores"]["combined"] = vp.decision_scores(test["scores"]["combined"], test["scores"]["adaface"],
-                                                        test["pairs"].kind, gate, weight)[0]
+            gate = checkpoint.get("recogniser_gate")
+        for data in (d for d in (val, test) if d is not None and mark_face is not None):
+            folders = [mc.extracted_folder(index.images[n]) for n in data["numbers"]]
+            data["marks"] = mc.marks_of_pairs(mark_face, folders, data["pairs"], data["scores"]["adaface"], gate,
+                                              marks_stored["scale"])[0]
+        if val is not None:
+            val["scores"]["combined"], weight, mark_weight = vp.decision_with_marks(
+                val["scores"]["combined"], val["scores"]["adaface"], val.get("marks"), val["pairs"].kind, gate,
+                fixed_weight(config.recogniser_weight), fixed_weight(config.mark_weight),
+                index.family_ids_of_images(val["numbers"][val["pairs"].first]))
+        else:
+            weight = float(checkpoint.get("recogniser_weight") or 0.0)
+            mark_weight = float(checkpoint.get("mark_weight") or 0.0) if mark_face is not None else 0.0
+        test["scores"]["combined"] = vp.decision_with_marks(test["scores"]["combined"], test["scores"]["adaface"],
+                                                            test.get("marks"), test["pairs"].kind, gate, weight,
+                                                            mark_weight)[0]
     if model.config.decision_embedding != "combined":  # the part embeddings compared, the recogniser as gate
         compared = "parts" if model.config.decision_embedding == "parts" else "parts and projection"
         twin_label = f"twin model ({compared}" + (f", behind the gate of {model.global_branch_label}"
                                                   if gate is not None else "")
     else:
         twin_label = f"twin model ({model.global_branch_label} + parts" + (", behind its gate" if gate is not None else "")
-    twin_label += f"; recogniser weight {weight:.2f})" if weight else ")"
+    twin_label += (f"; recogniser weight {weight:.2f}" if weight else "") + (
+        f"; mark weight {mark_weight:.2f}" if mark_weight else "") + ")"
     labels = {"combined": "twin model, parts only (global input zeroed)" if parts_only else twin_label,
               "adaface": f"global alone: {model.global_branch_label}"}
+    if "marks" in test:  # scored alone, behind the same gate (pairs it turns away are not compared)
+        labels["marks"] = "mark comparison alone" + (f" (behind the gate of {model.global_branch_label})"
+                                                      if gate is not None else "")
+        for data in (d for d in (val, test) if d is not None):
+            data["scores"]["marks"] = vp.gated_scores(data["marks"], data["scores"]["adaface"], gate)
     family_a = index.family_ids_of_images(test["numbers"][test["pairs"].first])  # resampled together
     family_b = index.family_ids_of_images(test["numbers"][test["pairs"].second])
     report: dict[str, Any] = {
@@ -338,9 +360,9 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         "threshold_source": (f"chosen on {len(split['val'])} validation identities ({threshold_rule})" if val
                              else "stored in the checkpoint (from training validation)"),
         "target_twin_far": target_twin_far if threshold_rule == TWIN_FAR_RULE and val else None,
-        "recogniser_gate": gate, "recogniser_weight": weight,
+        "recogniser_gate": gate, "recogniser_weight": weight, "mark_weight": mark_weight,
         "models": {}}
-    for name in MODELS:
+    for name in labels:
         if val is not None:
             threshold, rule = choose_threshold(val["scores"][name], val["pairs"], threshold_rule, target_twin_far)
         elif name == "combined":
@@ -377,7 +399,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["split", "image_a", "image_b", "person_a", "person_b", "kind", "score_combined", "score_global",
-                     "global_model"])
+                     "global_model", "score_marks"])
     writer.writerows(pair_rows("test", index, test, model.global_branch_label))
     write_text_atomic(output / "pairs.csv", buffer.getvalue())
     write_plots(test, labels, output)
@@ -386,6 +408,7 @@ def evaluate(checkpoint_path: Path, output: Path, jpg_dataset: Path | None = Non
         checkpoint["threshold_rule"] = f"{report['models']['combined']['threshold_rule']} (evaluate.py)"
         checkpoint["recogniser_gate"] = gate
         checkpoint["recogniser_weight"] = weight
+        checkpoint["mark_weight"] = mark_weight
         torch_save_atomic(checkpoint, checkpoint_path)
     return report
 

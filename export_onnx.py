@@ -289,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         "recogniser_gate": info.get("recogniser_gate"),
         # the decision score: (1 - w) * cosine of the local graph's embeddings + w * cosine of the global features
         "recogniser_weight": info.get("recogniser_weight") or 0.0,
+        # then (1 - m) * that + m * the mark similarity, which no graph computes: it warps each photo's
+        # skin face onto the checkpoint's canonical face (mark_comparison.py, inference.TwinVerifier);
+        # with m > 0 the threshold above holds only for scores that include it
+        "mark_weight": info.get("mark_weight") or 0.0,
         "global_branch": info.get("global_branch"), "global_model": model.frozen_files()["global"],
         "global_embedding_dim": model.global_dim, "embedding_dim": model.decision_dim,
         "decision_embedding": model.config.decision_embedding,  # what the local graph's embedding is
@@ -296,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         "part_inputs": "RGB, x/255 normalised by ImageNet mean/std, Bx3xSxS (part_encoder_input)",
         "max_differences": differences})
     print(f"ONNX graphs within {args.tolerance:g} of PyTorch: {paths['global']}, {paths['local']}")
+    if info.get("mark_weight"):
+        print(f"note: the decision gives the mark comparison a weight of {info['mark_weight']:.2f}, which the graphs "
+              "do not compute (mark_comparison.py does, as inference.TwinVerifier); the stored threshold includes it")
     return 0
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import cutout
+import mark_comparison
 from cli_errors import ExpectedError
 
 DEFAULT_LANDMARKER_MODEL = Path(__file__).resolve().parent / "pretrained" / "face_landmarker.task"
@@ -51,6 +52,7 @@ class FaceInputs:
     parts_rgb: dict[str, np.ndarray]  # part name → uint8 S×S×3, RGB
     aligned_bgr: np.ndarray           # uint8 112×112×3, BGR
     landmarks_px: np.ndarray          # float32 (478, 3): x, y in pixels; z as MediaPipe gives it
+    skin_face_bgr: np.ndarray | None = None  # uint8 S×S×3, BGR: the face's square (mark_comparison.skin_face)
 
 
 def adaface_input_array(aligned_bgr: np.ndarray) -> np.ndarray:
@@ -209,9 +211,11 @@ class FaceLandmarkDetector:
 
 def face_inputs(rgb: np.ndarray, landmarks_px: np.ndarray, crop_size_px: int = 224,
                 regions: tuple[str, ...] = cutout.PART_NAMES) -> FaceInputs:
-    """Cut the region crops (RGB; default: the five parts) and the aligned face (BGR) from one detection."""
+    """Cut the region crops (RGB; default: the five parts), the aligned face and the skin face
+    (BGR) from one detection."""
     points = np.asarray(landmarks_px, dtype=np.float64)
     parts = cutout.cut_parts(rgb, points, crop_size_px, regions)
     aligned_bgr = np.ascontiguousarray(cutout.align_face(rgb, points)[:, :, ::-1])
+    skin_face_bgr = np.ascontiguousarray(mark_comparison.skin_face(rgb, points)[:, :, ::-1])
     return FaceInputs(parts_rgb=parts, aligned_bgr=aligned_bgr,
-                      landmarks_px=np.asarray(landmarks_px, dtype=np.float32))
+                      landmarks_px=np.asarray(landmarks_px, dtype=np.float32), skin_face_bgr=skin_face_bgr)

@@ -11,6 +11,9 @@ one detection (the largest face when there are several). Per photo, the folder
                                                               --image-format png), one per region of
                                                               --regions (default: these five parts)
     aligned_face.bmp                                          112×112 aligned face
+    skin_face.bmp                                             320×320 upright square around the
+                                                              landmarks, for the mark comparison
+                                                              (mark_comparison.py)
     adaface_input.pt                                          float 3×112×112, BGR, (x/255−0.5)/0.5
     landmarks.npy                                             float32 (478, 3), x/y in pixels
 
@@ -67,6 +70,7 @@ WARNINGS_REPORT = "warnings.csv"
 DETECTION_FILE = "detection.json"  # in a photo's folder when the landmarker found several faces: how many
 SETTINGS_FILE = "extraction.json"
 ALIGNED_FACE_NAME = "aligned_face"
+SKIN_FACE_NAME = "skin_face"
 ADAFACE_INPUT_FILE = "adaface_input.pt"
 LANDMARKS_FILE = "landmarks.npy"
 FORMAT_VERSION = 1
@@ -197,6 +201,8 @@ def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> Non
     for part, crop_rgb in face.parts_rgb.items():
         (folder / f"{part}{suffix}").write_bytes(encode_image(cv2.cvtColor(crop_rgb, cv2.COLOR_RGB2BGR), image_format))
     (folder / f"{ALIGNED_FACE_NAME}{suffix}").write_bytes(encode_image(face.aligned_bgr, image_format))
+    if face.skin_face_bgr is not None:
+        (folder / f"{SKIN_FACE_NAME}{suffix}").write_bytes(encode_image(face.skin_face_bgr, image_format))
     # Written without torch, so that extraction workers need not import it (tensor_files.py).
     (folder / ADAFACE_INPUT_FILE).write_bytes(float_tensor_file_bytes(adaface_input_array(face.aligned_bgr)))
     np.save(folder / LANDMARKS_FILE, face.landmarks_px)

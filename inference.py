@@ -41,6 +41,7 @@ from face_images import (DEFAULT_LANDMARKER_MODEL, DEFAULT_MAX_PIXELS, IMAGE_SUF
                          FaceLandmarkDetector, ImageDecodeError, NoFaceError, face_inputs, read_image)
 from face_parts_model import part_encoder_input
 from global_branch import default_global_model
+import mark_comparison as mc
 from net import IRBackbone, adaface_input_tensor, load_adaface
 import verification_pairs as vp
 
@@ -89,7 +90,7 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
     if not isinstance(checkpoint.get("part_crop_size"), int):
         raise CheckpointMismatchError(f"{path}: no integer 'part_crop_size'; inference needs the best.pth "
                                       "that training writes (checkpoints/best.pth)")
-    for key in ("threshold", "recogniser_gate", "recogniser_weight"):
+    for key in ("threshold", "recogniser_gate", "recogniser_weight", "mark_weight"):
         value = checkpoint.get(key)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             raise CheckpointMismatchError(f"{path}: its {key} {value!r} is not a finite number")
@@ -104,7 +105,7 @@ def load_twin_checkpoint(path: str | os.PathLike, adaface_checkpoint: str | None
 
 @dataclass(frozen=True)
 class Verification:
-    similarity: float   # the decision score: (1 − w) · twin similarity + w · recogniser similarity
+    similarity: float   # the decision score: (1 − m) · ((1 − w) · twin + w · recogniser) + m · marks
     threshold: float    # same person when similarity ≥ threshold (and the pair passes the recogniser's gate)
     same_person: bool
     global_branch: str  # the global model the twin model was built on (AdaFace IR-50, an ONNX file's name)
@@ -113,6 +114,8 @@ class Verification:
     recogniser_gate: float | None = None  # below it, different people whatever the similarity (None: no gate)
     recogniser_weight: float = 0.0  # w: the recogniser's share of the decision score (chosen in validation)
     twin_similarity: float | None = None  # cosine similarity of the twin model's two embeddings
+    mark_weight: float = 0.0  # m: the mark comparison's share of the decision score (chosen in validation)
+    mark_similarity: float | None = None  # the mark comparison's similarity (mark_comparison.py); None: not used
 
     @property
     def decision(self) -> str:
@@ -134,12 +137,18 @@ class TwinVerifier:
     def __init__(self, model: TwinVerificationModel, detector: FaceLandmarkDetector, part_crop_size: int,
                  threshold: float | None, global_branch: str, source: str = "<model>",
                  threshold_rule: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 recogniser_gate: float | None = None, recogniser_weight: float = 0.0):
+                 recogniser_gate: float | None = None, recogniser_weight: float = 0.0,
+                 mark_comparison: dict[str, Any] | None = None, mark_weight: float = 0.0):
         """`max_pixels`: larger photos are refused before they are decoded. `recogniser_gate`: pairs
         whose global similarity is below it are different people (training's `recogniser_gate`).
-        `recogniser_weight`: the recogniser's similarity's share of the decision score."""
+        `recogniser_weight`: the recogniser's similarity's share of the decision score.
+        `mark_comparison` (a checkpoint's: the canonical face and the scale) and `mark_weight`: the
+        mark comparison's share of it (used only when both are given and the weight is above 0)."""
         self.model, self.detector = model.eval(), detector
         self.recogniser_gate, self.recogniser_weight = recogniser_gate, float(recogniser_weight or 0.0)
+        self.mark_weight = float(mark_weight or 0.0) if mark_comparison else 0.0
+        self.mark_face = mc.CanonicalFace.from_state(mark_comparison["face"]) if self.mark_weight else None
+        self.mark_scale = float(mark_comparison["scale"]) if self.mark_weight else None
         self.max_pixels = max_pixels
         self.part_crop_size, self.threshold, self.threshold_rule = part_crop_size, threshold, threshold_rule
         self.global_branch, self.source = global_branch, source
@@ -156,7 +165,8 @@ class TwinVerifier:
         detector = FaceLandmarkDetector(landmarker_model)
         return cls(model, detector, info["part_crop_size"], info.get("threshold"),
                    info.get("global_branch", model.global_branch_label), str(path), info.get("threshold_rule"),
-                   max_pixels, info.get("recogniser_gate"), info.get("recogniser_weight") or 0.0)
+                   max_pixels, info.get("recogniser_gate"), info.get("recogniser_weight") or 0.0,
+                   info.get("mark_comparison"), info.get("mark_weight") or 0.0)
 
     def prepare(self, image: ImageSource, name: str | None = None) -> FaceInputs:
         """Parts and aligned face of the largest face in a photo file or an RGB uint8 `H×W×3` array."""
@@ -229,16 +239,28 @@ class TwinVerifier:
 
     def similarity(self, a: ImageSource, b: ImageSource) -> float:
         """The decision score of two photos (before the recogniser's gate): the cosine similarity of
-        their embeddings, mixed with the recogniser's at the checkpoint's `recogniser_weight`."""
+        their embeddings, mixed with the recogniser's at the checkpoint's `recogniser_weight`, then
+        with the mark similarity at its `mark_weight`."""
         return self.decision_score(*self.pair_similarities(a, b))
 
-    def pair_similarities(self, a: ImageSource, b: ImageSource) -> tuple[float, float]:
-        """Cosine similarities of two photos: the twin model's embeddings', the recogniser's features'."""
-        embeddings, features = self.embed_faces_and_global([self.prepare(a, "image 0"), self.prepare(b, "image 1")])
-        return float(np.dot(*embeddings)), float(np.dot(*features))
+    def pair_similarities(self, a: ImageSource, b: ImageSource) -> tuple[float, float, float | None]:
+        """Similarities of two photos: the twin model's embeddings' and the recogniser's features'
+        cosines, and the mark similarity (None where the decision does not use marks)."""
+        faces = [self.prepare(a, "image 0"), self.prepare(b, "image 1")]
+        embeddings, features = self.embed_faces_and_global(faces)
+        marks = None
+        if self.mark_face is not None:
+            details = [self.mark_face.detail(f.skin_face_bgr, mc.landmarks_in_skin_face(
+                f.landmarks_px, f.skin_face_bgr.shape[0])) for f in faces]
+            marks = float(mc.mark_similarities(mc.mark_difference(self.mark_face, *details), self.mark_scale))
+        return float(np.dot(*embeddings)), float(np.dot(*features)), marks
 
-    def decision_score(self, twin_similarity: float, recogniser_similarity: float) -> float:
-        return float(vp.fused_scores(twin_similarity, recogniser_similarity, self.recogniser_weight))
+    def decision_score(self, twin_similarity: float, recogniser_similarity: float,
+                       mark_similarity: float | None = None) -> float:
+        fused = vp.fused_scores(twin_similarity, recogniser_similarity, self.recogniser_weight)
+        if mark_similarity is not None:
+            fused = vp.mixed_with_marks(fused, mark_similarity, self.mark_weight)
+        return float(fused)
 
     def verify(self, a: ImageSource, b: ImageSource, threshold: float | None = None) -> Verification:
         """Same person or not, at `threshold` (default: the checkpoint's)."""
@@ -247,13 +269,14 @@ class TwinVerifier:
         if threshold is None:
             raise NoThresholdError(f"{self.source}: the checkpoint holds no decision threshold (its validation "
                                    "had no impostor pairs); give one (threshold=…, --threshold)")
-        twin_similarity, recogniser = self.pair_similarities(a, b)
-        similarity = self.decision_score(twin_similarity, recogniser)
+        twin_similarity, recogniser, marks = self.pair_similarities(a, b)
+        similarity = self.decision_score(twin_similarity, recogniser, marks)
         if not math.isfinite(similarity):
             raise NonFiniteEmbeddingError(f"{self.source}: the similarity is {similarity}; no decision can be made")
         passes_gate = self.recogniser_gate is None or recogniser >= self.recogniser_gate
         return Verification(similarity, float(threshold), passes_gate and similarity >= threshold, self.global_branch,
-                            rule, recogniser, self.recogniser_gate, self.recogniser_weight, twin_similarity)
+                            rule, recogniser, self.recogniser_gate, self.recogniser_weight, twin_similarity,
+                            self.mark_weight, marks)
 
     def close(self) -> None:
         self.detector.close()
@@ -351,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"similarity:    {result.similarity:.4f}"
               + (f"\ntwin model:    {result.twin_similarity:.4f} (the recogniser's similarity has a share of "
                  f"{result.recogniser_weight:.2f} in the one above)" if result.recogniser_weight else "")
+              + (f"\nmarks:         {result.mark_similarity:.4f} (the mark comparison's similarity has a share "
+                 f"of {result.mark_weight:.2f} in the one above)" if result.mark_similarity is not None else "")
               + f"\nthreshold:     {result.threshold:.4f} "
               f"({result.threshold_rule or 'rule not recorded'})")
         if result.recogniser_gate is not None:

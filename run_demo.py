@@ -87,11 +87,11 @@ def run_demo(photos: Path | None, output: Path, epochs: int, images_per_identity
     print(trait_breakdown.table(report["by_trait"]))
     # None: the held-out families give no pairs of that kind (a very small photo set)
     eer = {name: {kind: (report["models"][name]["test"][kind] or {}).get("eer") for kind in ("twin", "general")}
-           for name in evaluate.MODELS}
+           for name in report["models"]}
     percent = lambda value: "n/a" if value is None else f"{100 * value:.1f}%"
     minutes = (time.perf_counter() - started) / 60
     print(f"\nheld-out EER ({minutes:.1f} min in all):")
-    for name in evaluate.MODELS:
+    for name in report["models"]:
         interval = ((report["models"][name]["bootstrap"] or {}).get("twin") or {}).get("eer") or {}
         print(f"  {report['models'][name]['label']}: held-out twin EER {percent(eer[name]['twin'])}"
               + (f" (95% interval {100 * interval['low']:.1f}–{100 * interval['high']:.1f}%)" if "low" in interval
@@ -110,7 +110,7 @@ def comparison_table(results: dict[str, dict]) -> str:
     lines = ["| simulator | model | held-out twin EER (95% interval) | general EER |", "| --- | --- | --- | --- |"]
     for simulator, result in results.items():
         models = result["report"]["models"]
-        for name in evaluate.MODELS:
+        for name in models:
             interval = ((models[name]["bootstrap"] or {}).get("twin") or {}).get("eer") or {}
             span = f" ({100 * interval['low']:.1f}–{100 * interval['high']:.1f}%)" if "low" in interval else ""
             lines.append(f"| {simulator} ({SIMULATOR_NOTES.get(simulator, 'preset')}) | {models[name]['label']} | "

@@ -33,7 +33,8 @@ DATA_PATH_KEYS = ("face_parts_dataset_path", "tensor_dataset_path", "twin_pairs_
 # saved config without them was made with these values.
 LEGACY_DEFAULTS = {"sampler": "triplets", "loss": "triplet", "part_head": "pool", "global_distillation": 0.0,
                    "global_skip": False, "part_loss_weight": 0.0, "part_input": "rgb",
-                   "recogniser_gate": 0.0, "decision_embedding": "combined", "recogniser_weight": "0"}
+                   "recogniser_gate": 0.0, "decision_embedding": "combined", "recogniser_weight": "0",
+                   "mark_weight": "0"}
 # Keys that change how a run is executed, not what it computes: they may differ on resume.
 # (target_twin_far only moves the stored decision threshold, never the weights; where the part
 # crops are augmented follows the device, which may change, and both places draw from the same ranges.)
@@ -180,6 +181,12 @@ class TrainConfig:
                                   "families, then the smallest of 0, 0.05, …, 1 within 2 points of the best; "
                                   "or a number 0..1. Validation, best.pth, evaluate.py and inference.py all use "
                                   "it", default="auto")
+    mark_weight: str = _key("how much the skin-detail comparison (mark_comparison.py: small local marks that "
+                            "one photo shows and the other lacks, compared on a common face; nothing learnt) "
+                            "counts in the decision: (1 − m) · decision + m · mark similarity. auto = chosen on "
+                            "each validation by the recogniser weight's rule, 0 unless marks help there; or a "
+                            "number 0..1; 0 = off (needed for extractions without skin_face images)",
+                            default="auto")
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
                                            "there are more)", default=200_000)
     # --- run control (may change between resumes) ---
@@ -210,6 +217,8 @@ class TrainConfig:
         check(0 <= self.recogniser_gate < 1, "recogniser_gate", "must be within [0, 1)")
         check(self.recogniser_weight == "auto" or fixed_weight(self.recogniser_weight) is not None,
               "recogniser_weight", "choose auto or a number within 0..1")
+        check(self.mark_weight == "auto" or fixed_weight(self.mark_weight) is not None,
+              "mark_weight", "choose auto or a number within 0..1")
         check(self.face_augment_views >= 0, "face_augment_views", "must be 0 or more")
         for key in ("face_parts_embedding_dim", "hidden_dim", "embedding_dim", "log_every_steps"):
             check(getattr(self, key) >= 1, key, "must be at least 1")
@@ -296,7 +305,7 @@ class TrainConfig:
 
 
 def fixed_weight(text: str) -> float | None:
-    """`recogniser_weight` as a number within 0..1; None for `auto` or anything else."""
+    """`recogniser_weight` or `mark_weight` as a number within 0..1; None for `auto` or anything else."""
     try:
         weight = float(text)
     except ValueError:

@@ -33,6 +33,7 @@ import verification_pairs as vp
 from atomic_files import torch_save_atomic, write_json_atomic, write_text_atomic
 from cli_errors import ExpectedError, cli_main
 from combined_model import CheckpointMismatchError, TwinVerificationModel, non_finite_keys, read_checkpoint
+import mark_comparison as mc
 import mining
 from family_batches import FamilyBatchDataset, epoch_family_batches, family_batch_positions
 from run_folder import locked_run_folder, same_folder
@@ -338,8 +339,10 @@ def write_crop_grid(writer, parts_uint8: torch.Tensor, step: int) -> None:
 class Validator:
     """Fixed validation pairs and triplets; scores the model on them every epoch."""
 
-    def __init__(self, index: FaceDataIndex, persons: list[str], config: TrainConfig):
-        self.index, self.config = index, config
+    def __init__(self, index: FaceDataIndex, persons: list[str], config: TrainConfig,
+                 mark_face: mc.CanonicalFace | None = None):
+        self.index, self.config, self.mark_face = index, config, mark_face
+        self.marks: np.ndarray | None = None  # the pairs' mark similarities, made at the first call
         self.numbers = np.array(sorted(i for p in persons for i in index.images_of[p]), dtype=np.int64)
         position = {int(n): k for k, n in enumerate(self.numbers)}
         person_number = {p: k for k, p in enumerate(index.persons)}
@@ -373,9 +376,13 @@ class Validator:
         recogniser_scores = vp.cosine_scores(global_embeddings[self.numbers].float().cpu().numpy(), self.pairs)
         result["recogniser_gate"] = vp.recogniser_gate(recogniser_scores, self.pairs.kind, config.recogniser_gate)
         twin_model_scores = vp.cosine_scores(embeddings, self.pairs)
-        scores, result["recogniser_weight"] = vp.decision_scores(
-            twin_model_scores, recogniser_scores, self.pairs.kind, result["recogniser_gate"],
-            fixed_weight(config.recogniser_weight), self.families)
+        if self.mark_face is not None and self.marks is None:  # nothing learnt: the same every epoch
+            folders = [mc.extracted_folder(self.index.images[n]) for n in self.numbers]
+            self.marks, self.mark_scale = mc.marks_of_pairs(self.mark_face, folders, self.pairs, recogniser_scores,
+                                                            result["recogniser_gate"])
+        scores, result["recogniser_weight"], result["mark_weight"] = vp.decision_with_marks(
+            twin_model_scores, recogniser_scores, self.marks, self.pairs.kind, result["recogniser_gate"],
+            fixed_weight(config.recogniser_weight), fixed_weight(config.mark_weight), self.families)
         report = vp.metrics_by_impostor_kind(scores, self.pairs.kind)
         # The twin model by itself (behind the gate), whatever the recogniser's weight: what training
         # improves, so early stopping and the time to accuracy follow it too. At weight 0 it is the decision.
@@ -394,6 +401,12 @@ class Validator:
             result[f"{kind}_far_at_threshold"] = at_threshold[kind]["far_at_threshold"] if at_threshold[kind] else None
         result["_scores"], result["_kinds"] = scores, self.pairs.kind
         return result
+
+    def mark_comparison(self) -> dict[str, Any] | None:
+        """What a checkpoint stores for the mark comparison: the canonical face and the scale."""
+        if self.mark_face is None or self.marks is None:
+            return None
+        return {"face": self.mark_face.state(), "scale": self.mark_scale}
 
 
 def roc_figure(scores: np.ndarray, kinds: np.ndarray, title: str):
@@ -548,7 +561,11 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
             model, device_ids=[context.device.index] if context.device.type == "cuda" else None)
     if config.compile:
         training_model = torch.compile(training_model)
-    validator = Validator(index, split["val"], config)
+    mark_face = None
+    if config.mark_weight != "0":  # the mean face of the training photos, the same on every resume
+        mark_face = mc.canonical_face_of(mc.extracted_folder(index.images[n])
+                                         for p in split["train"] for n in index.images_of[p])
+    validator = Validator(index, split["val"], config, mark_face)
     crop_size = int(read_crop_rgb(index.images[0].part_paths[0]).shape[0])  # inference cuts crops this size
     writer = None
     if context.is_main:
@@ -601,6 +618,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
                         threshold=validation["threshold"], threshold_rule=validation["threshold_rule"],
                         recogniser_gate=validation["recogniser_gate"],
                         recogniser_weight=validation["recogniser_weight"],
+                        mark_weight=validation["mark_weight"], mark_comparison=validator.mark_comparison(),
                         global_branch=model.global_branch_label), checkpoints / "best.pth")
                 torch_save_atomic({"format_version": CHECKPOINT_FORMAT, **state, "config": config.to_dict(),
                                    "model_state_dict": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -611,6 +629,7 @@ def _run_training(config: TrainConfig, context: distributed.Context) -> dict[str
                       f"val loss {_number(row['val_loss'])}, twin EER {_pct(row['twin_eer'])}, general EER "
                       f"{_pct(row['general_eer'])}"
                       + (f" (recogniser weight {row['recogniser_weight']:.2f})" if row["recogniser_weight"] else "")
+                      + (f" (mark weight {row['mark_weight']:.2f})" if row["mark_weight"] else "")
                       + f", {row['part_images_per_second']:.0f} part-images/s"
                       + (" (best)" if improved else ""))
             distributed.barrier(context)
@@ -638,7 +657,7 @@ def log_epoch(writer, row: dict[str, Any], scores: np.ndarray, kinds: np.ndarray
     for key in ("train_loss", "active_fraction", "twin_negative_ratio", "triplets_per_second",
                 "part_images_per_second", "data_wait_fraction", "stage", "learning_rate"):
         writer.add_scalar(f"train/{key}", row[key], step)
-    for key in ("val_loss", "twin_eer", "general_eer", "all_eer", "recogniser_weight"):
+    for key in ("val_loss", "twin_eer", "general_eer", "all_eer", "recogniser_weight", "mark_weight"):
         if row[key] is not None:
             writer.add_scalar(f"val/{key}", row[key], step)
     for kind in ("twin", "general"):

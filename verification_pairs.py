@@ -130,22 +130,23 @@ def fused_scores(scores: np.ndarray, global_scores: np.ndarray, weight: float) -
     return (1.0 - weight) * np.asarray(scores) + weight * np.asarray(global_scores)
 
 
-def twin_model_gain_low(twin_model: np.ndarray, recogniser: np.ndarray, labels: np.ndarray,
-                        families: np.ndarray, seed: int = 0) -> float | None:
-    """The lower end of what the twin model gains over the recogniser in twin EER
-    (recogniser's − twin model's) across resamples of the families: the value that
+def gain_low(candidate: np.ndarray, baseline: np.ndarray, labels: np.ndarray,
+             families: np.ndarray, seed: int = 0) -> float | None:
+    """The lower end of what `candidate` scores gain over `baseline` scores in twin EER
+    (baseline's − candidate's) across resamples of the families: the value that
     `RECOGNISER_WEIGHT_CONFIDENCE` of the resamples reach. None with too few families.
 
-    `twin_model`, `recogniser`: each pair's (gated) score by the two; `labels`: 1 genuine, 0
-    twin; `families`: each pair's family (a genuine or twin pair lies within one). A family's
-    pairs move together, as in the evaluation's intervals (`verification_metrics.bootstrap_ci`).
+    `candidate`, `baseline`: each pair's (gated) score by the two (e.g. the twin model and the
+    recogniser); `labels`: 1 genuine, 0 twin; `families`: each pair's family (a genuine or twin
+    pair lies within one). A family's pairs move together, as in the evaluation's intervals
+    (`verification_metrics.bootstrap_ci`).
     """
     def gain(_, labels_, weights):  # the resample is in the weights; the scores are the two below
-        return (vm.equal_error_rate(recogniser, labels_, weights)[0]
-                - vm.equal_error_rate(twin_model, labels_, weights)[0])
+        return (vm.equal_error_rate(baseline, labels_, weights)[0]
+                - vm.equal_error_rate(candidate, labels_, weights)[0])
 
     try:
-        interval = vm.bootstrap_ci(gain, twin_model, labels, families, families,
+        interval = vm.bootstrap_ci(gain, candidate, labels, families, families,
                                    n_resamples=RECOGNISER_WEIGHT_RESAMPLES,
                                    confidence=2 * RECOGNISER_WEIGHT_CONFIDENCE - 1, seed=seed)
     except ValueError:  # every resample without genuine or twin pairs
@@ -161,7 +162,7 @@ def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind
     1 (the recogniser alone) unless the twin model alone beats it by more than
     `RECOGNISER_WEIGHT_TOLERANCE`, and, given each pair's family (`families`), does not do
     worse than it in more than 1 − `RECOGNISER_WEIGHT_CONFIDENCE` of the resamples of the
-    families (`twin_model_gain_low`); then the smallest weight whose twin EER is within that
+    families (`gain_low`); then the smallest weight whose twin EER is within that
     margin of the lowest. Why: training keeps the epoch that did best on these very pairs, so
     the twin model's EER here is an optimistic estimate, the frozen recogniser's is not; and a
     validation set holds few families, so a gain that one or two of them make can vanish on the
@@ -182,7 +183,7 @@ def choose_recogniser_weight(scores: np.ndarray, global_scores: np.ndarray, kind
         return 1.0, eers
     if families is not None:
         alone = lambda values: gated_scores(values, global_scores, gate)[selected]  # the twin model's, the recogniser's
-        low = twin_model_gain_low(alone(scores), alone(global_scores), labels, np.asarray(families)[selected])
+        low = gain_low(alone(scores), alone(global_scores), labels, np.asarray(families)[selected])
         if low is not None and low < 0:
             return 1.0, eers
     lowest = min(eers.values())
@@ -197,6 +198,59 @@ def decision_scores(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndar
     if weight is None:
         weight = choose_recogniser_weight(scores, global_scores, kind, gate, families)[0]
     return gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate), float(weight)
+
+
+def mixed_with_marks(scores: np.ndarray, marks: np.ndarray, mark_weight: float) -> np.ndarray:
+    """`(1 − mark_weight) · scores + mark_weight · marks` (marks: `mark_comparison.mark_similarities`)."""
+    return (1.0 - mark_weight) * np.asarray(scores) + mark_weight * np.asarray(marks)
+
+
+def choose_mark_weight(scores: np.ndarray, marks: np.ndarray, global_scores: np.ndarray, kind: np.ndarray,
+                       gate: float | None, families: np.ndarray | None = None) -> tuple[float, dict[float, float]]:
+    """The mark comparison's weight in the decision, chosen on these (validation) pairs; and the
+    gated twin EER of each weight of `RECOGNISER_WEIGHTS`.
+
+    `scores`: the decision without marks (the twin model fused with the recogniser, not yet
+    gated); `marks`: each pair's mark similarity. 0 (no marks) unless some weight beats it by
+    more than `RECOGNISER_WEIGHT_TOLERANCE` in twin EER and, given each pair's family, does so
+    in `RECOGNISER_WEIGHT_CONFIDENCE` of the resamples of the families (`gain_low`), the rule
+    the recogniser's weight follows; then the smallest weight within that margin of the lowest
+    EER. 0 (and no EERs) without genuine or twin pairs.
+    """
+    kind = np.asarray(kind)
+    selected = (kind == GENUINE) | (kind == TWIN)
+    if not (kind == GENUINE).any() or not (kind == TWIN).any():
+        return 0.0, {}
+    labels = (kind[selected] == GENUINE).astype(np.int64)
+    decided = lambda weight: gated_scores(mixed_with_marks(scores, marks, weight), global_scores, gate)[selected]
+    eers = {float(weight): vm.equal_error_rate(decided(weight), labels)[0] for weight in RECOGNISER_WEIGHTS}
+    lowest = min(eers.values())
+    if eers[0.0] <= lowest + RECOGNISER_WEIGHT_TOLERANCE:
+        return 0.0, eers
+    chosen = next(w for w, eer in eers.items() if eer <= lowest + RECOGNISER_WEIGHT_TOLERANCE)
+    if families is not None:
+        low = gain_low(decided(chosen), decided(0.0), labels, np.asarray(families)[selected])
+        if low is not None and low < 0:
+            return 0.0, eers
+    return chosen, eers
+
+
+def decision_with_marks(scores: np.ndarray, global_scores: np.ndarray, marks: np.ndarray | None,
+                        kind: np.ndarray, gate: float | None, weight: float | None, mark_weight: float | None,
+                        families: np.ndarray | None = None) -> tuple[np.ndarray, float, float]:
+    """The decision scores: the twin model fused with the recogniser at `weight`, mixed with the
+    mark similarities at `mark_weight` (None: each chosen on these pairs, the recogniser's first),
+    then behind the recogniser's gate; and the two weights. No `marks`: no mark weight (0)."""
+    if weight is None:
+        weight = choose_recogniser_weight(scores, global_scores, kind, gate, families)[0]
+    fused = fused_scores(scores, global_scores, weight)
+    if marks is None:
+        mark_weight = 0.0
+    elif mark_weight is None:
+        mark_weight = choose_mark_weight(fused, marks, global_scores, kind, gate, families)[0]
+    if mark_weight:
+        fused = mixed_with_marks(fused, marks, mark_weight)
+    return gated_scores(fused, global_scores, gate), float(weight), float(mark_weight)
 
 
 def impostor_selections(kind: np.ndarray) -> dict[str, np.ndarray]:

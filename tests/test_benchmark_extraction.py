@@ -13,7 +13,7 @@ def test_extraction_and_landmarker_throughput_and_their_ratio(copy_photos, landm
                                       "--scratch-dir", str(scratch)]) == 0
     output = capsys.readouterr().out
     assert "4 photos (2 distinct, each 2 times)" in output
-    assert re.search(r"so the 8 files of a photo take [\d.]+ ms of one core", output)
+    assert re.search(r"so the 9 files of a photo take [\d.]+ ms of one core", output)
     assert re.search(r"workers=1: decode\+landmarker +[\d.]+ img/s \| whole extraction +[\d.]+ img/s \| ratio +[\d.]+%",
                      output)
     assert scratch.is_dir() and not any(scratch.iterdir())  # the timed extractions clean up after themselves

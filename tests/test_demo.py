@@ -52,7 +52,7 @@ def test_demo_runs_end_to_end(copy_photos, landmarker_model, tmp_path, monkeypat
     printed = capsys.readouterr().out
     assert "UNTRAINED" in printed and "held-out twin EER" in printed and "tensorboard --logdir" in printed
     assert "global alone: UNTRAINED IR-50" in printed and "general EER" in printed
-    assert set(result["twin_eer"]) == set(result["general_eer"]) == {"combined", "adaface"}
+    assert set(result["twin_eer"]) == set(result["general_eer"]) == {"combined", "adaface", "marks"}
     assert (tmp_path / "demo" / "evaluation" / "report.json").is_file()
     assert (tmp_path / "demo" / "training" / "checkpoints" / "best.pth").is_file()
     report = result["report"]

@@ -47,7 +47,8 @@ def test_all_outputs_are_written(evaluated, capsys):
     output, report = evaluated
     for name in ("report.json", "pairs.csv", "roc.png", "score_histograms.png"):
         assert (output / name).stat().st_size > 0, name
-    assert set(report["models"]) == {"combined", "adaface"}
+    assert set(report["models"]) == {"combined", "adaface", "marks"}  # the synthetic run compares marks
+    assert report["models"]["marks"]["label"].startswith("mark comparison alone")
     label = "global alone: UNTRAINED IR-18 (random weights)"  # the global model, named
     assert report["models"]["adaface"]["label"] == label and label in evaluate.summary_table(report)
     assert report["global_branch"] == "UNTRAINED IR-18 (random weights)"
@@ -65,8 +66,9 @@ def test_numbers_are_reproduced_from_the_csv(evaluated):
         rows = list(csv.DictReader(handle))
     assert sum(r["kind"] == "genuine" for r in rows) == report["pairs"]["genuine"]
     assert sum(r["kind"] == "twin" for r in rows) == report["pairs"]["twin"]
-    for model in ("combined", "adaface"):
-        scores = np.array([float(r["score_combined" if model == "combined" else "score_global"]) for r in rows])
+    columns = {"combined": "score_combined", "adaface": "score_global", "marks": "score_marks"}
+    for model, column in columns.items():
+        scores = np.array([float(r[column]) for r in rows])
         kinds = np.array([r["kind"] for r in rows])
         for kind, selected in (("twin", kinds != "general"), ("general", kinds != "twin"),
                                ("all", np.ones(len(rows), bool))):
@@ -152,11 +154,14 @@ def test_the_twin_model_is_scored_behind_the_recogniser_gate_training_chose(synt
     label = report["models"]["combined"]["label"]
     expected = {"both": "twin model (parts and projection, behind the gate of ",
                 "parts": "twin model (parts, behind the gate of "}
-    weight = torch.load(trained, weights_only=True)["recogniser_weight"]
+    weight, mark_weight = (torch.load(trained, weights_only=True)[k] for k in ("recogniser_weight", "mark_weight"))
     assert report["recogniser_weight"] == pytest.approx(weight)  # one rule, the same validation pairs
+    assert report["mark_weight"] == pytest.approx(mark_weight)
     assert (label.startswith(expected[decision]) if decision in expected
             else " + parts, behind its gate" in label), label
-    assert label.endswith(f"; recogniser weight {weight:.2f})" if weight else "gate)"), label
+    weights = (f"; recogniser weight {weight:.2f}" if weight else "") + (
+        f"; mark weight {mark_weight:.2f}" if mark_weight else "")
+    assert label.endswith(f"{weights})" if weights else "gate)"), label
     with open(output / "pairs.csv") as handle:
         rows = list(csv.DictReader(handle))
     combined = np.array([float(r["score_combined"]) for r in rows])
@@ -170,7 +175,7 @@ def test_a_given_recogniser_weight_mixes_the_recognisers_similarity_into_every_s
     threshold and evaluation's come from those scores alike."""
     run = tmp_path / "run"
     train.run_training(tiny_train_config(synthetic_data, run, num_epochs=1, train_split=0.2, test_split=0.4,
-                                         recogniser_weight="1"))
+                                         recogniser_weight="1", mark_weight="0"))
     trained = run / "checkpoints" / "best.pth"
     saved = torch.load(trained, weights_only=True)
     assert saved["recogniser_weight"] == 1.0

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import cutout
+import mark_comparison
 import face_parts_extractor as extractor
 from face_images import FaceLandmarkDetector, read_image
 from net import adaface_input_tensor
@@ -57,6 +58,10 @@ def test_real_photos_give_every_output(copy_photos, landmarker_model, tmp_path):
             landmarks = np.load(folder / extractor.LANDMARKS_FILE)
             assert landmarks.shape == (478, 3) and landmarks.dtype == np.float32
             assert not np.allclose(landmarks[:, :2], np.round(landmarks[:, :2]))  # sub-pixel kept
+            skin = cv2.imread(str(folder / f"{extractor.SKIN_FACE_NAME}.bmp"))  # the face's square, for marks
+            assert skin.shape == (mark_comparison.SKIN_FACE_PX, mark_comparison.SKIN_FACE_PX, 3)
+            inside = mark_comparison.landmarks_in_skin_face(landmarks)
+            assert (inside > 0).all() and (inside < mark_comparison.SKIN_FACE_PX - 1).all()
     for person, paths in tensor_index.items():
         for path in paths:
             tensor = torch.load(output / path, weights_only=True)

@@ -67,9 +67,15 @@ def test_verify_uses_the_stored_threshold(verifier, checkpoint, photos):
                                   and result.recogniser_similarity >= result.recogniser_gate)
     expected = float(verifier.embed(photos["obama"]) @ verifier.embed(photos["franck"]))
     assert result.twin_similarity == pytest.approx(expected, abs=1e-5)
-    weight = saved["recogniser_weight"]
-    assert result.recogniser_weight == weight
-    assert result.similarity == pytest.approx((1 - weight) * expected + weight * result.recogniser_similarity, abs=1e-5)
+    weight, mark_weight = saved["recogniser_weight"], saved["mark_weight"]
+    assert result.recogniser_weight == weight and result.mark_weight == mark_weight
+    fused = (1 - weight) * expected + weight * result.recogniser_similarity
+    if mark_weight:  # the synthetic twins differ by a skin mark too, which validation may pick up
+        assert 0 < result.mark_similarity <= 1
+        fused = (1 - mark_weight) * fused + mark_weight * result.mark_similarity
+    else:
+        assert result.mark_similarity is None
+    assert result.similarity == pytest.approx(fused, abs=1e-5)
     assert verifier.similarity(photos["obama"], photos["obama"]) == pytest.approx(1.0, abs=1e-5)
     loose = verifier.verify(photos["obama"], photos["franck"], threshold=-1.0)
     assert loose.same_person == (loose.recogniser_similarity >= loose.recogniser_gate)
@@ -95,7 +101,7 @@ def test_the_recogniser_weight_mixes_the_recognisers_similarity_into_the_decisio
     saved = torch.load(checkpoint, weights_only=True)
     results = {}
     for weight in (0.0, 0.5, 1.0, None):  # None: a checkpoint from before the weight
-        torch.save({**saved, "recogniser_weight": weight}, tmp_path / "weighted.pth")
+        torch.save({**saved, "recogniser_weight": weight, "mark_weight": 0.0}, tmp_path / "weighted.pth")
         with inference.TwinVerifier.from_checkpoint(tmp_path / "weighted.pth",
                                                     landmarker_model=landmarker_model) as one:
             results[weight] = one.verify(photos["obama"], photos["franck"], threshold=0.0)
@@ -109,6 +115,30 @@ def test_the_recogniser_weight_mixes_the_recognisers_similarity_into_the_decisio
     torch.save({**saved, "recogniser_weight": float("inf")}, tmp_path / "weighted.pth")
     with pytest.raises(inference.CheckpointMismatchError, match="recogniser_weight inf is not a finite number"):
         inference.load_twin_checkpoint(tmp_path / "weighted.pth")
+
+
+def test_the_mark_weight_mixes_the_mark_similarity_into_the_decision(checkpoint, landmarker_model, photos, tmp_path):
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["mark_comparison"]["scale"] > 0 and len(saved["mark_comparison"]["face"]["layout"]) == 478
+    results = {}
+    for name, changes in {"0": {"mark_weight": 0.0}, "0.5": {"mark_weight": 0.5}, "1": {"mark_weight": 1.0},
+                          "before marks": {"mark_weight": None, "mark_comparison": None}}.items():
+        torch.save({**saved, "recogniser_weight": 0.0, **changes}, tmp_path / "marks.pth")
+        with inference.TwinVerifier.from_checkpoint(tmp_path / "marks.pth", landmarker_model=landmarker_model) as one:
+            results[name] = one.verify(photos["obama"], photos["obama2"], threshold=0.0)
+            assert one.similarity(photos["obama"], photos["obama2"]) == pytest.approx(results[name].similarity,
+                                                                                    abs=1e-6)
+            if name == "1":  # one photo against itself: no mark differs
+                assert one.pair_similarities(photos["obama"], photos["obama"])[2] == pytest.approx(1.0)
+    twin, marks = results["0.5"].twin_similarity, results["0.5"].mark_similarity
+    assert 0 < marks < 1 and results["1"].mark_similarity == pytest.approx(marks)
+    assert results["0"].mark_similarity is None and results["before marks"].mark_similarity is None
+    assert results["0"].similarity == pytest.approx(twin, abs=1e-6) == results["before marks"].similarity
+    assert results["1"].similarity == pytest.approx(marks, abs=1e-6)
+    assert results["0.5"].similarity == pytest.approx((twin + marks) / 2, abs=1e-6)
+    torch.save({**saved, "mark_weight": float("nan")}, tmp_path / "marks.pth")
+    with pytest.raises(inference.CheckpointMismatchError, match="mark_weight nan is not a finite number"):
+        inference.load_twin_checkpoint(tmp_path / "marks.pth")
 
 
 def test_a_checkpoint_without_threshold_is_a_clear_error(checkpoint, landmarker_model, photos, tmp_path):

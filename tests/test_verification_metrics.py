@@ -447,7 +447,7 @@ def test_the_recogniser_weight_needs_the_twin_models_gain_in_most_resamples_of_t
     assert vp.choose_recogniser_weight(everywhere, recogniser, kind, None, families)[0] < 1.0
     assert vp.decision_scores(one_against, recogniser, kind, None, None, families)[1] == 1.0
 
-    low = vp.twin_model_gain_low(one_against, recogniser, genuine.astype(int), families)
+    low = vp.gain_low(one_against, recogniser, genuine.astype(int), families)
     draws = np.random.default_rng(0)
     gains = []
     for _ in range(vp.RECOGNISER_WEIGHT_RESAMPLES):
@@ -456,6 +456,6 @@ def test_the_recogniser_weight_needs_the_twin_models_gain_in_most_resamples_of_t
         gains.append(vm.equal_error_rate(recogniser[rows], genuine[rows])[0]
                      - vm.equal_error_rate(one_against[rows], genuine[rows])[0])
     assert low == pytest.approx(np.quantile(gains, 1 - vp.RECOGNISER_WEIGHT_CONFIDENCE)) and low < 0
-    assert vp.twin_model_gain_low(everywhere, recogniser, genuine.astype(int), families) > 0
-    assert vp.twin_model_gain_low(everywhere, recogniser, genuine.astype(int), np.zeros(600)) == pytest.approx(
+    assert vp.gain_low(everywhere, recogniser, genuine.astype(int), families) > 0
+    assert vp.gain_low(everywhere, recogniser, genuine.astype(int), np.zeros(600)) == pytest.approx(
         eer(recogniser) - eer(everywhere))  # one family: every resample is the whole set
