@@ -12,7 +12,8 @@ recogniser pools them away. This module compares two photos pixel by pixel on a 
    mark) and divided by its typical size on the face: light, contrast and colour changes
    between photos go, local detail stays (`CanonicalFace.detail`).
 3. Two details are compared with a small shift allowed at each pixel (landmarks jitter by a
-   pixel or two), the difference is divided by its own surroundings (so fine noise, JPEG
+   pixel or two), a gap beside the other photo's own structure (an edge that moved) counts for
+   less than one on its flat skin, the difference is divided by its own surroundings (so fine noise, JPEG
    blocks or blur spread over the whole face count for little and one isolated blob for a
    lot) and the mean of the largest few differences on clear skin is the pair's mark
    difference (`mark_differences`). Eyes and lips, which move between photos, are left out.
@@ -59,6 +60,8 @@ class MarkSettings:
     fine_sigma: float = 1.0        # band-pass: Gaussian(fine) − Gaussian(coarse) of the lightness
     coarse_sigma: float = 3.0
     shift_px: int = 2              # how far a pixel may look for its match in the other detail
+    flat_weight: float = 1.0       # a gap counts 1 / (1 + this · the other detail's local size) ...
+    flat_sigma: float = 4.0        # ... measured over this Gaussian
     surround_sigma: float = 8.0    # the neighbourhood a difference is measured against
     top_share: float = 0.0005      # share of the compared pixels whose mean is the pair's difference
 
@@ -220,7 +223,12 @@ def _shifted_gap(a: np.ndarray, b: np.ndarray, shift: int) -> np.ndarray:
 def mark_difference(face: CanonicalFace, a: np.ndarray, b: np.ndarray) -> float:
     """How strongly one detail shows a local mark that the other lacks (≥ 0; larger: more unlike)."""
     settings = face.settings
-    gap = np.maximum(_shifted_gap(a, b, settings.shift_px), _shifted_gap(b, a, settings.shift_px))
+    # A mark that one photo shows where the other has flat skin counts in full; a gap beside the
+    # other photo's own structure (an edge or a wrinkle that moved a little) counts for less.
+    structure = lambda detail: 1.0 + settings.flat_weight * cv2.GaussianBlur(np.abs(detail), (0, 0),
+                                                                             settings.flat_sigma)
+    gap = np.maximum(_shifted_gap(a, b, settings.shift_px) / structure(b),
+                     _shifted_gap(b, a, settings.shift_px) / structure(a))
     gap = cv2.GaussianBlur(gap, (0, 0), 1.0)
     surround = cv2.GaussianBlur(gap, (0, 0), settings.surround_sigma)
     values = gap[face.compared] / (surround[face.compared] + 1e-3 * float(surround[face.compared].mean()) + 1e-12)

@@ -184,8 +184,9 @@ class TrainConfig:
     mark_weight: str = _key("how much the skin-detail comparison (mark_comparison.py: small local marks that "
                             "one photo shows and the other lacks, compared on a common face; nothing learnt) "
                             "counts in the decision: (1 − m) · decision + m · mark similarity. auto = chosen on "
-                            "each validation by the recogniser weight's rule, 0 unless marks help there; or a "
-                            "number 0..1; 0 = off (needed for extractions without skin_face images)",
+                            "each validation: 0 unless some weight lowers the twin EER by more than 2 points, "
+                            "then the smallest of 0, 0.05, …, 1 within 2 points of the best; or a number 0..1; "
+                            "0 = off (needed for extractions without skin_face images)",
                             default="auto")
     max_general_impostor_pairs: int = _key("validation general-impostor pairs (a seeded sample when "
                                            "there are more)", default=200_000)
