@@ -195,7 +195,8 @@ class CanonicalFace:
         """The detail of one extracted photo (its folder holds `skin_face.bmp` and `landmarks.npy`)."""
         import face_parts_extractor as extractor
 
-        image_path = next((folder / f"{extractor.SKIN_FACE_NAME}{suffix}" for suffix in (".bmp", ".png", ".jpg")
+        image_path = next((folder / f"{extractor.SKIN_FACE_NAME}{suffix}"
+                           for suffix, _ in extractor.IMAGE_FORMATS.values()
                            if (folder / f"{extractor.SKIN_FACE_NAME}{suffix}").is_file()), None)
         if image_path is None:
             raise MarkComparisonError(
@@ -236,9 +237,16 @@ def mark_difference(face: CanonicalFace, a: np.ndarray, b: np.ndarray) -> float:
     return float(np.partition(values, values.size - count)[values.size - count:].mean())
 
 
-def mark_differences(face: CanonicalFace, details: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """`mark_difference` of each pair (`details[first[k]]`, `details[second[k]]`)."""
-    return np.array([mark_difference(face, details[i], details[j]) for i, j in zip(first, second)], dtype=np.float64)
+def mark_differences(face: CanonicalFace, details, first: np.ndarray, second: np.ndarray,
+                     compared: np.ndarray | None = None) -> np.ndarray:
+    """`mark_difference` of each pair (`details[first[k]]`, `details[second[k]]`); NaN for the
+    pairs that `compared` (bool per pair, default all) leaves out."""
+    first, second = np.asarray(first), np.asarray(second)
+    compared = np.ones(len(first), bool) if compared is None else np.asarray(compared, bool)
+    differences = np.full(len(first), np.nan)
+    for k in np.nonzero(compared)[0]:
+        differences[k] = mark_difference(face, details[int(first[k])], details[int(second[k])])
+    return differences
 
 
 def mark_similarities(differences: np.ndarray, scale: float) -> np.ndarray:
@@ -281,10 +289,7 @@ def pair_differences(face: CanonicalFace, folders: list[Path], first: np.ndarray
     compared = np.ones(len(first), bool) if compared is None else np.asarray(compared, bool)
     details = {int(i): face.detail_of_extracted(folders[int(i)])
                for i in np.unique(np.concatenate([first[compared], second[compared]]))}
-    differences = np.full(len(first), np.nan)
-    for k in np.nonzero(compared)[0]:
-        differences[k] = mark_difference(face, details[int(first[k])], details[int(second[k])])
-    return differences
+    return mark_differences(face, details, first, second, compared)
 
 
 def similarities_of(differences: np.ndarray, scale: float) -> np.ndarray:

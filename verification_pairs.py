@@ -195,9 +195,7 @@ def decision_scores(scores: np.ndarray, global_scores: np.ndarray, kind: np.ndar
     """A twin model's decision scores: fused with the recogniser's at `weight` (None: the weight
     these pairs choose, `choose_recogniser_weight`, with each pair's family where given), then
     behind the recogniser's gate; and the weight."""
-    if weight is None:
-        weight = choose_recogniser_weight(scores, global_scores, kind, gate, families)[0]
-    return gated_scores(fused_scores(scores, global_scores, weight), global_scores, gate), float(weight)
+    return decision_with_marks(scores, global_scores, None, kind, gate, weight, 0.0, families)[:2]
 
 
 def mixed_with_marks(scores: np.ndarray, marks: np.ndarray, mark_weight: float) -> np.ndarray:
