@@ -22,6 +22,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from typing import BinaryIO
 
 import numpy as np
 
@@ -73,13 +74,21 @@ def float_tensor_pickle(shape: tuple[int, ...]) -> bytes:
     return _PROTO_2 + _global("torch._utils", "_rebuild_tensor_v2") + arguments + _REDUCE + _STOP
 
 
-def float_tensor_file_bytes(array: np.ndarray) -> bytes:
-    """The bytes of a `.pt` file holding `array` as a contiguous float32 tensor."""
+def write_float_tensor(file: BinaryIO, array: np.ndarray) -> None:
+    """Write a `.pt` file holding `array` as a contiguous float32 tensor to the open binary `file`.
+
+    The array's bytes go to the file as they are, without intermediate copies.
+    """
     array = np.asarray(array, dtype="<f4", order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+    with zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive:
         archive.writestr(f"{ARCHIVE}/data.pkl", float_tensor_pickle(tuple(int(n) for n in array.shape)))
         archive.writestr(f"{ARCHIVE}/byteorder", "little")
-        archive.writestr(f"{ARCHIVE}/data/0", array.tobytes())
+        archive.writestr(f"{ARCHIVE}/data/0", memoryview(array).cast("B"))
         archive.writestr(f"{ARCHIVE}/version", "3\n")
+
+
+def float_tensor_file_bytes(array: np.ndarray) -> bytes:
+    """The bytes of a `.pt` file holding `array` as a contiguous float32 tensor."""
+    buffer = io.BytesIO()
+    write_float_tensor(buffer, array)
     return buffer.getvalue()

@@ -16,7 +16,7 @@ def test_extraction_and_landmarker_throughput_and_their_ratio(copy_photos, landm
     assert re.search(r"so the 9 files of a photo take [\d.]+ ms of one core", output)
     assert re.search(r"workers=1: decode\+landmarker +[\d.]+ img/s \| whole extraction +[\d.]+ img/s \| ratio +[\d.]+%",
                      output)
-    assert scratch.is_dir() and not any(scratch.iterdir())  # the timed extractions clean up after themselves
+    assert scratch.is_dir() and not any(scratch.iterdir())  # the timed extractions are deleted at the end
 
 
 def test_files_per_photo_is_what_extraction_writes(copy_photos, landmarker_model, tmp_path):
@@ -42,3 +42,23 @@ def test_rounds_alternate_the_two_timings_and_give_the_median_ratio(copy_photos,
     median = re.search(r"workers=1: median ratio +([\d.]+)% over 3 rounds \(range ([\d.]+)%-([\d.]+)%\)", output)
     assert median is not None
     assert [float(v) for v in median.groups()] == [sorted(ratios)[1], min(ratios), max(ratios)]
+
+
+def test_no_timed_extraction_is_deleted_before_the_last_one_ends(copy_photos, landmarker_model, tmp_path, monkeypatch):
+    """Deleting thousands of files slows file creation beside them for minutes (ext4), which
+    would slow the next timing down."""
+    photos = copy_photos({"biden": ["biden.jpg"]})
+    outputs, seen = [], []
+    real = benchmark_extraction.extract_dataset
+
+    def recording(dataset, dataset_dir, output, **kwargs):
+        seen.append(all(folder.is_dir() for folder in outputs))
+        outputs.append(output)
+        return real(dataset, dataset_dir, output, **kwargs)
+
+    monkeypatch.setattr(benchmark_extraction, "extract_dataset", recording)
+    assert benchmark_extraction.main(["--image-folder", str(photos), "--repeat", "1", "--workers", "1", "2",
+                                      "--rounds", "2", "--landmarker-model", str(landmarker_model),
+                                      "--scratch-dir", str(tmp_path / "scratch")]) == 0
+    assert len(outputs) == 4 and len(set(outputs)) == 4 and all(seen)
+    assert not any((tmp_path / "scratch").iterdir())

@@ -275,3 +275,17 @@ def test_extraction_does_without_torch(copy_photos, landmarker_model, tmp_path):
     aligned_bgr = cv2.imread(str((tmp_path / "out" / tensor_path).parent / "aligned_face.bmp"))
     assert torch.equal(torch.load(tmp_path / "out" / tensor_path, weights_only=True),
                        adaface_input_tensor(aligned_bgr))
+
+
+def test_adaface_input_is_adafaces_own_arithmetic_for_every_value():
+    bgr = np.resize(np.arange(256, dtype=np.uint8), (112, 112, 3))
+    expected = np.moveaxis(((bgr / 255.0) - 0.5) / 0.5, -1, 0).astype(np.float32)
+    assert np.array_equal(adaface_input_tensor(bgr).numpy(), expected)
+
+
+def test_workers_keep_freed_memory_where_the_c_library_is_glibc():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert extractor.keep_freed_memory() is True

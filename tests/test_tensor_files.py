@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tensor_files import float_tensor_file_bytes, float_tensor_pickle
+from tensor_files import float_tensor_file_bytes, float_tensor_pickle, write_float_tensor
 
 
 def torch_saved_pickle(tensor: torch.Tensor) -> bytes:
@@ -26,12 +26,19 @@ def test_the_pickle_is_torch_saves_own(shape):
     assert pickletools.optimize(ours) == pickletools.optimize(theirs)
 
 
+def write_through_handle(path, array):
+    with open(path, "wb") as handle:
+        write_float_tensor(handle, array)
+
+
+@pytest.mark.parametrize("write", [lambda path, array: path.write_bytes(float_tensor_file_bytes(array)),
+                                   write_through_handle], ids=["bytes", "handle"])
 @pytest.mark.parametrize("mmap", [False, True])
 @pytest.mark.parametrize("shape", [(3, 112, 112), (5,), (2, 3, 4, 5), ()])
-def test_files_load_in_safe_mode_as_the_same_tensor(tmp_path, shape, mmap):
+def test_files_load_in_safe_mode_as_the_same_tensor(tmp_path, shape, mmap, write):
     array = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     path = tmp_path / "t.pt"
-    path.write_bytes(float_tensor_file_bytes(array))
+    write(path, array)
     tensor = torch.load(path, weights_only=True, mmap=mmap)
     assert tensor.dtype == torch.float32 and tensor.shape == shape and tensor.is_contiguous()
     assert torch.equal(tensor, torch.from_numpy(array))
@@ -47,3 +54,9 @@ def test_other_dtypes_and_layouts_are_stored_as_contiguous_float32():
 def test_sizes_beyond_32_bits_are_refused():
     with pytest.raises(ValueError, match="32-bit"):
         float_tensor_pickle((2 ** 31,))
+
+
+def test_writing_to_a_file_gives_the_same_bytes(tmp_path):
+    array = np.random.default_rng(1).normal(size=(3, 112, 112)).astype(np.float32)
+    write_through_handle(tmp_path / "t.pt", array)
+    assert (tmp_path / "t.pt").read_bytes() == float_tensor_file_bytes(array)
