@@ -45,6 +45,7 @@ import json
 import multiprocessing
 import os
 import re
+import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -197,6 +198,31 @@ def encode_image(image_bgr: np.ndarray, image_format: str) -> np.ndarray:
     return data
 
 
+def bmp_header(height: int, width: int) -> bytes:
+    """The 54-byte header of an uncompressed 24-bit BMP, field for field what `cv2.imencode` writes."""
+    pixel_bytes = (3 * width + 3) // 4 * 4 * height  # each row padded to a multiple of 4 bytes
+    return (struct.pack("<2sIHHI", b"BM", 54 + pixel_bytes, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0, 0, 0, 0, 0))
+
+
+def write_image(path: Path, image_bgr: np.ndarray, image_format: str) -> None:
+    """Write a BGR uint8 image file; the same bytes as `encode_image`.
+
+    A BMP is its header and the rows bottom-up: written with one copy of the pixels, where
+    the encoder makes two more (its own buffer and the array it returns).
+    """
+    if image_format != "bmp" or image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
+        path.write_bytes(encode_image(image_bgr, image_format))
+        return
+    height, width = image_bgr.shape[:2]
+    rows = image_bgr[::-1].reshape(height, 3 * width)
+    padding = -3 * width % 4
+    rows = np.pad(rows, ((0, 0), (0, padding))) if padding else np.ascontiguousarray(rows)
+    with open(path, "wb") as handle:
+        handle.write(bmp_header(height, width))
+        handle.write(rows)
+
+
 def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> None:
     """Write one face's files into `folder` (a temporary folder, renamed by the caller)."""
     suffix = IMAGE_FORMATS[image_format][0]
@@ -205,7 +231,7 @@ def write_face_outputs(folder: Path, face: FaceInputs, image_format: str) -> Non
     if face.skin_face_bgr is not None:
         images[SKIN_FACE_NAME] = face.skin_face_bgr
     for name, image_bgr in images.items():
-        (folder / f"{name}{suffix}").write_bytes(encode_image(image_bgr, image_format))
+        write_image(folder / f"{name}{suffix}", image_bgr, image_format)
     # Written without torch, so that extraction workers need not import it (tensor_files.py).
     with open(folder / ADAFACE_INPUT_FILE, "wb") as handle:
         write_float_tensor(handle, adaface_input_array(face.aligned_bgr))

@@ -289,3 +289,15 @@ def test_workers_keep_freed_memory_where_the_c_library_is_glibc():
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert extractor.keep_freed_memory() is True
+
+
+@pytest.mark.parametrize("height, width", [(224, 224), (7, 5), (3, 6), (1, 7), (320, 320)])
+def test_bmp_files_are_the_encoders_bytes(tmp_path, height, width):
+    image = np.random.default_rng(width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    path = tmp_path / "x.bmp"
+    extractor.write_image(path, image, "bmp")
+    assert path.read_bytes() == cv2.imencode(".bmp", image)[1].tobytes()
+    assert np.array_equal(cv2.imread(str(path)), image)
+    non_contiguous = np.ascontiguousarray(image[:, :, ::-1])[:, :, ::-1]
+    extractor.write_image(path, non_contiguous, "bmp")
+    assert path.read_bytes() == cv2.imencode(".bmp", image)[1].tobytes()
