@@ -221,15 +221,27 @@ def _shifted_gap(a: np.ndarray, b: np.ndarray, shift: int) -> np.ndarray:
     return gap
 
 
-def mark_difference(face: CanonicalFace, a: np.ndarray, b: np.ndarray) -> float:
-    """How strongly one detail shows a local mark that the other lacks (≥ 0; larger: more unlike)."""
+def structure_of(face: CanonicalFace, detail: np.ndarray) -> np.ndarray:
+    """1 + k · the detail's local size (blurred |detail|): what a gap beside it is divided by.
+
+    A mark that one photo shows where the other has flat skin counts in full; a gap beside
+    the other photo's own structure (an edge or a wrinkle that moved a little) counts for less.
+    """
     settings = face.settings
-    # A mark that one photo shows where the other has flat skin counts in full; a gap beside the
-    # other photo's own structure (an edge or a wrinkle that moved a little) counts for less.
-    structure = lambda detail: 1.0 + settings.flat_weight * cv2.GaussianBlur(np.abs(detail), (0, 0),
-                                                                             settings.flat_sigma)
-    gap = np.maximum(_shifted_gap(a, b, settings.shift_px) / structure(b),
-                     _shifted_gap(b, a, settings.shift_px) / structure(a))
+    return 1.0 + settings.flat_weight * cv2.GaussianBlur(np.abs(detail), (0, 0), settings.flat_sigma)
+
+
+def mark_difference(face: CanonicalFace, a: np.ndarray, b: np.ndarray,
+                    structures: tuple[np.ndarray, np.ndarray] | None = None) -> float:
+    """How strongly one detail shows a local mark that the other lacks (≥ 0; larger: more unlike).
+
+    `structures`: `structure_of` both details, where the caller has them already.
+    """
+    settings = face.settings
+    structure_a, structure_b = structures if structures is not None else (structure_of(face, a),
+                                                                            structure_of(face, b))
+    gap = np.maximum(_shifted_gap(a, b, settings.shift_px) / structure_b,
+                     _shifted_gap(b, a, settings.shift_px) / structure_a)
     gap = cv2.GaussianBlur(gap, (0, 0), 1.0)
     surround = cv2.GaussianBlur(gap, (0, 0), settings.surround_sigma)
     values = gap[face.compared] / (surround[face.compared] + 1e-3 * float(surround[face.compared].mean()) + 1e-12)
@@ -240,12 +252,21 @@ def mark_difference(face: CanonicalFace, a: np.ndarray, b: np.ndarray) -> float:
 def mark_differences(face: CanonicalFace, details, first: np.ndarray, second: np.ndarray,
                      compared: np.ndarray | None = None) -> np.ndarray:
     """`mark_difference` of each pair (`details[first[k]]`, `details[second[k]]`); NaN for the
-    pairs that `compared` (bool per pair, default all) leaves out."""
+    pairs that `compared` (bool per pair, default all) leaves out. Each detail's structure is
+    made once, however many pairs it is in."""
     first, second = np.asarray(first), np.asarray(second)
     compared = np.ones(len(first), bool) if compared is None else np.asarray(compared, bool)
+    structures: dict[int, np.ndarray] = {}
+
+    def structure(index: int) -> np.ndarray:
+        if index not in structures:
+            structures[index] = structure_of(face, details[index])
+        return structures[index]
+
     differences = np.full(len(first), np.nan)
     for k in np.nonzero(compared)[0]:
-        differences[k] = mark_difference(face, details[int(first[k])], details[int(second[k])])
+        i, j = int(first[k]), int(second[k])
+        differences[k] = mark_difference(face, details[i], details[j], (structure(i), structure(j)))
     return differences
 
 

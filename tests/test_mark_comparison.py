@@ -131,3 +131,14 @@ def test_the_mark_weight_follows_the_recognisers_rule():
     gate = 0.7
     gated = vp.decision_with_marks(guesses, guesses, telling, kind, gate, 0.0, 1.0)[0]
     assert ((gated < -1) == (guesses < gate)).all()
+
+
+def test_each_details_structure_is_made_once_however_many_pairs_it_is_in(face, monkeypatch):
+    details = skin_details(face, [None, None, None])
+    one_by_one = [mc.mark_difference(face, details[i], details[j]) for i, j in [(0, 1), (0, 2), (1, 2)]]
+    made = []
+    real = mc.structure_of
+    monkeypatch.setattr(mc, "structure_of", lambda face, detail: made.append(1) or real(face, detail))
+    together = mc.mark_differences(face, details, np.array([0, 0, 1]), np.array([1, 2, 2]))
+    assert len(made) == 3
+    assert together.tolist() == one_by_one
