@@ -130,10 +130,10 @@ def test_a_full_disk_during_extraction_names_the_folder(copy_photos, landmarker_
 
     photos = copy_photos({"obama": ["obama.jpg"]})
 
-    def no_space(self, data):
+    def no_space(path, image, image_format):  # the first of a photo's files
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_bytes", no_space)
+    monkeypatch.setattr(extractor, "write_image", no_space)
     code = extractor.main(["--image-folder", str(photos), "--output-dir", str(tmp_path / "out"), "--no-progress",
                            "--landmarker-model", str(landmarker_model)])
     error = capsys.readouterr().err
